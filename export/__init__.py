@@ -1,0 +1,1 @@
+"""jzi export: the torch side (model, checkpoints, training, ONNX/TensorRT export)."""

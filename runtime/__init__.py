@@ -1,0 +1,1 @@
+"""jzi runtime: the deploy side. Never imports torch."""
