@@ -99,9 +99,9 @@ def read_torch_file(path) -> object:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         text = str(e)
-        if "weights_only" in text or "Unsupported global" in text:
-            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
-            what = f" ({found.group(1)})" if found else ""
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        if found:
+            what = f" ({found.group(1)})"
             raise CheckpointError(f"{path}: refused, the file holds pickled code or objects{what}, not just tensors; "
                                   "checkpoints are loaded with weights_only=True") from None
         raise CheckpointError(f"{path}: not a checkpoint ({_first_line(e)})") from None
