@@ -1,0 +1,181 @@
+"""ONNX Runtime backend: CPU provider with explicit threads, CUDA and TensorRT providers with onnxruntime-gpu.
+
+The decoder runs through IOBinding: inputs and outputs are bound once to preallocated buffers, the
+zoom loop writes its inputs into those buffers in place, and the KV cache moves from ``present.*``
+to ``past_key_values.*`` by swapping two sets of buffers (rebinding pointers, no copy) or, for
+beam search, by one gather per tensor into the other set.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..bundle import past_names, present_names
+from . import Backend, BackendUnavailable, DecoderStep, graph_path, tensor_names
+
+
+def providers_available() -> list[str]:
+    import onnxruntime as ort
+
+    return ort.get_available_providers()
+
+
+def default_threads() -> int:
+    """Cores this process may use: the right intra-op count for one query at a time."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _providers(device: str, manifest: dict):
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device == "cuda":
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    # ORT's TensorRT provider builds engines on first use; keep them in a per-user cache so that the
+    # second run starts fast. fp16 kernels only when the bundle was exported for fp16.
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "jzi" / "ort-trt" / str(manifest["encoder_id"])[:16]
+    cache.mkdir(parents=True, exist_ok=True)
+    trt_options = {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
+                   "trt_timing_cache_enable": True, "trt_fp16_enable": manifest.get("precision") == "fp16"}
+    return [("TensorrtExecutionProvider", trt_options), "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+class OnnxRuntimeBackend(Backend):
+    def __init__(self, bundle_dir, manifest: dict, device: str = "cpu", threads: int | None = None):
+        super().__init__(bundle_dir, manifest)
+        import onnxruntime as ort
+
+        if device not in ("cpu", "cuda", "trt"):
+            raise BackendUnavailable(f"unknown ONNX Runtime device {device!r}")
+        self.device = device
+        self.name = f"ort-{device}"
+        self.threads = int(threads) if threads else default_threads()
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3  # warnings about unused initialisers etc. are noise for users
+        providers = _providers(device, manifest)
+        self.sessions = {}
+        for graph in ("view_encoder", "street_encoder", "decoder"):
+            path = graph_path(bundle_dir, manifest, graph)
+            try:
+                self.sessions[graph] = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+            except Exception as e:  # ORT raises its own exception types for bad graphs
+                raise BackendUnavailable(f"{path}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:200]})") from None
+        self._io = {g: tensor_names(manifest, g) for g in ("view_encoder", "street_encoder")}
+
+    def describe(self) -> str:
+        used = self.sessions["decoder"].get_providers()[0]
+        return f"{self.name} ({used}, {self.threads} threads)" if self.device == "cpu" else f"{self.name} ({used})"
+
+    def _encode(self, graph: str, images: np.ndarray) -> np.ndarray:
+        (inp,), (out,) = self._io[graph]
+        images = np.ascontiguousarray(images, dtype=np.uint8)
+        return self.sessions[graph].run([out], {inp: images})[0]
+
+    def encode_views(self, images: np.ndarray) -> np.ndarray:
+        return self._encode("view_encoder", images)
+
+    def encode_street(self, images: np.ndarray) -> np.ndarray:
+        return self._encode("street_encoder", images)
+
+    def _new_decoder(self, batch: int) -> DecoderStep:
+        cls = OrtCpuDecoderStep if self.device == "cpu" else OrtDeviceDecoderStep
+        return cls(self.sessions["decoder"], self.manifest, batch)
+
+
+class OrtCpuDecoderStep(DecoderStep):
+    """Host buffers bound by pointer; ORT reads and writes them in place."""
+
+    def __init__(self, session, manifest: dict, batch: int):
+        super().__init__(manifest, batch)
+        self.session = session
+        self.past_names, self.present_names = past_names(self.layers), present_names(self.layers)
+        self.past = [np.zeros(self.cache_shape, np.float32) for _ in self.past_names]
+        self.present = [np.zeros(self.cache_shape, np.float32) for _ in self.present_names]
+        self.binding = session.io_binding()
+        for name, arr in (("query", self.query), ("view", self.view), ("prev_action", self.prev_action),
+                          ("step", self.step)):
+            self._bind_input(name, arr)
+        self._bind_output("logits", self.logits)
+        self._bind_cache()
+
+    def _bind_input(self, name, arr):
+        self.binding.bind_input(name, "cpu", 0, arr.dtype, list(arr.shape), arr.ctypes.data)
+
+    def _bind_output(self, name, arr):
+        self.binding.bind_output(name, "cpu", 0, arr.dtype, list(arr.shape), arr.ctypes.data)
+
+    def _bind_cache(self):
+        for name, arr in zip(self.past_names, self.past):
+            self._bind_input(name, arr)
+        for name, arr in zip(self.present_names, self.present):
+            self._bind_output(name, arr)
+
+    def reset(self) -> None:
+        for arr in self.past:
+            arr.fill(0.0)
+
+    def run(self) -> np.ndarray:
+        self.session.run_with_iobinding(self.binding)
+        return self.logits
+
+    def advance(self, parents=None) -> None:
+        if parents is None:
+            self.past, self.present = self.present, self.past
+            self._bind_cache()
+        else:
+            for src, dst in zip(self.present, self.past):
+                np.take(src, parents, axis=0, out=dst, mode="clip")  # mode="clip": no hidden buffer
+
+
+class OrtDeviceDecoderStep(DecoderStep):
+    """CUDA / TensorRT providers: the cache lives in device OrtValues, small inputs are copied per step."""
+
+    def __init__(self, session, manifest: dict, batch: int):
+        super().__init__(manifest, batch)
+        import onnxruntime as ort
+
+        self.session = session
+        self.past_names, self.present_names = past_names(self.layers), present_names(self.layers)
+        new = lambda: ort.OrtValue.ortvalue_from_shape_and_type(list(self.cache_shape), np.float32, "cuda", 0)  # noqa: E731
+        self.past = [new() for _ in self.past_names]
+        self.present = [new() for _ in self.present_names]
+        self._zeros = np.zeros(self.cache_shape, np.float32)
+        self.binding = session.io_binding()
+        for name, arr in (("query", self.query), ("view", self.view), ("prev_action", self.prev_action),
+                          ("step", self.step)):
+            self.binding.bind_input(name, "cpu", 0, arr.dtype, list(arr.shape), arr.ctypes.data)
+        self.binding.bind_output("logits", "cpu", 0, self.logits.dtype, list(self.logits.shape), self.logits.ctypes.data)
+        self._bind_cache()
+
+    def _bind_cache(self):
+        for name, val in zip(self.past_names, self.past):
+            self.binding.bind_ortvalue_input(name, val)
+        for name, val in zip(self.present_names, self.present):
+            self.binding.bind_ortvalue_output(name, val)
+
+    def reset(self) -> None:
+        for val in self.past:
+            val.update_inplace(self._zeros)
+
+    def run(self) -> np.ndarray:
+        self.binding.synchronize_inputs()
+        self.session.run_with_iobinding(self.binding)
+        self.binding.synchronize_outputs()
+        return self.logits
+
+    def advance(self, parents=None) -> None:
+        if parents is None:
+            self.past, self.present = self.present, self.past
+            self._bind_cache()
+            return
+        # OrtValue has no device gather; the cache is small (a few MB for 4 beams), so gather on the host.
+        for src, dst in zip(self.present, self.past):
+            dst.update_inplace(np.ascontiguousarray(np.take(src.numpy(), parents, axis=0)))
