@@ -1,0 +1,652 @@
+"""Export a Just Zoom In model to a jzi bundle (the contract is ``jzi.runtime.bundle``).
+
+One function per graph (``export_view_encoder``, ``export_street_encoder``, ``export_decoder``),
+one per precision transform (``to_fp16``, ``to_int8``), a parity check against PyTorch that every
+export runs (``check_parity``), and ``export_bundle`` that ties them together and writes the
+bundle directory atomically (a temp directory beside the target, renamed into place at the end).
+
+Graphs are exported with the dynamo exporter (``dynamo=True``): the TorchScript exporter turns the
+NHWC->NCHW ``movedim`` into a Transpose with a negative permutation that ONNX Runtime rejects, and
+the dynamo graph comes out clean (native LayerNormalization, no Resize: the position embedding is
+resampled once in PyTorch by ``Encoder.freeze_position_embeddings``). Only the batch axis is dynamic.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from jzi.runtime import bundle as B
+
+from .checkpoint import load_checkpoint, sha256_file, to_legacy_names
+from .config import ModelConfig
+from .model import IMAGENET_MEAN, IMAGENET_STD, JustZoomIn, greedy_from_embeddings, normalize, split_street
+
+PRECISIONS = ("fp32", "fp16", "int8")
+DEFAULT_OPSET = 18  # the dynamo exporter's native opset; >= 17 gives a native LayerNormalization
+MIN_OPSET = 17
+MAX_EXPORT_BATCH = 4096  # upper bound of the dynamic batch axis as seen by the exporter
+
+# Parity gates. Relative difference = max|ort - torch| / max|torch| over a tensor.
+FP32_MAX_REL = 1e-4
+# fp16/int8 encoders legitimately move embeddings; they fail only on NaN/Inf or when fewer than this
+# share of end-to-end rollouts (ORT encoders + decoder vs PyTorch fp32) reach the same final cell.
+# Random-weight models have small decision margins, so this gate catches a broken conversion
+# (collapsed or scrambled embeddings), not the last percent of accuracy (that is benchmarked).
+QUANTIZED_MIN_AGREEMENT = 0.5
+
+
+class ExportError(RuntimeError):
+    """An export that cannot proceed or failed its checks, with one line saying why."""
+
+
+# ---------------------------------------------------------------------------------------------
+# the graphs, as PyTorch modules with the bundle's flat inputs and outputs
+# ---------------------------------------------------------------------------------------------
+class ViewEncoderGraph(nn.Module):
+    """uint8 RGB [B, S, S, 3] -> CLS embeddings [B, D]; normalisation inside."""
+
+    def __init__(self, model: JustZoomIn):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images):
+        return self.model.encode_views(normalize(images))
+
+
+class StreetEncoderGraph(nn.Module):
+    """uint8 RGB [B, S, 2S, 3] -> mean CLS of the left and right halves [B, D]."""
+
+    def __init__(self, model: JustZoomIn):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images):
+        return self.model.encode_street(split_street(normalize(images)))
+
+
+class DecoderStepGraph(nn.Module):
+    """``Decoder.step`` with flat tensors: (query, view, prev_action, step, past...) -> (logits, present...)."""
+
+    varargs_from = 4  # inputs from this index on arrive as ``*past``
+
+    def __init__(self, model: JustZoomIn):
+        super().__init__()
+        self.decoder = model.decoder
+
+    def forward(self, query, view, prev_action, step, *past):
+        logits, keys, values = self.decoder.step(query, view, prev_action, step, list(past[0::2]), list(past[1::2]))
+        return (logits, *[t for kv in zip(keys, values) for t in kv])
+
+
+def tensor_specs(cfg: ModelConfig) -> dict:
+    """Names, shapes (ints or the axis name "batch") and dtypes of every graph's inputs and outputs."""
+    s, d = cfg.image_size, cfg.width
+    cache = ["batch", cfg.dec_heads, cfg.cache_len, cfg.head_dim]
+
+    def t(name, shape, dtype):
+        return {"name": name, "shape": shape, "dtype": dtype}
+
+    past = [t(n, cache, "float32") for n in B.past_names(cfg.dec_layers)]
+    present = [t(n, cache, "float32") for n in B.present_names(cfg.dec_layers)]
+    return {
+        "view_encoder": {"inputs": [t("images", ["batch", s, s, 3], "uint8")],
+                         "outputs": [t("embedding", ["batch", d], "float32")]},
+        "street_encoder": {"inputs": [t("images", ["batch", s, 2 * s, 3], "uint8")],
+                           "outputs": [t("embedding", ["batch", d], "float32")]},
+        "decoder": {"inputs": [t("query", ["batch", d], "float32"), t("view", ["batch", d], "float32"),
+                               t("prev_action", ["batch"], "int64"), t("step", [], "int64"), *past],
+                    "outputs": [t("logits", ["batch", cfg.n_actions], "float32"), *present]},
+    }
+
+
+_TORCH_DTYPES = {"uint8": torch.uint8, "float32": torch.float32, "int64": torch.int64}
+
+
+def example_inputs(specs: dict, batch: int = 2, seed: int = 0) -> tuple:
+    """Random tensors matching a graph's input specs ("batch" -> ``batch``)."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for spec in specs["inputs"]:
+        shape = [batch if dim == "batch" else dim for dim in spec["shape"]]
+        dtype = _TORCH_DTYPES[spec["dtype"]]
+        if dtype == torch.uint8:
+            out.append(torch.randint(0, 256, shape, generator=g, dtype=dtype))
+        elif spec["name"] == "step":
+            out.append(torch.tensor(0, dtype=dtype))
+        elif dtype == torch.int64:
+            out.append(torch.randint(0, 16, shape, generator=g, dtype=dtype))
+        else:
+            out.append(torch.randn(shape, generator=g, dtype=dtype))
+    return tuple(out)
+
+
+def _export(module: nn.Module, specs: dict, opset: int) -> onnx.ModelProto:
+    """Export ``module`` with the dynamo exporter; only axes named "batch" are dynamic."""
+    if opset < MIN_OPSET:
+        raise ExportError(f"--opset {opset}: jzi needs opset >= {MIN_OPSET} (native LayerNormalization)")
+    batch = torch.export.Dim("batch", min=1, max=MAX_EXPORT_BATCH)
+    dynamic = tuple({i: batch for i, dim in enumerate(spec["shape"]) if dim == "batch"} or None
+                    for spec in specs["inputs"])
+    varargs = getattr(module, "varargs_from", None)
+    if varargs is not None:  # torch.export sees ``*past`` as one tuple argument
+        dynamic = (*dynamic[:varargs], dynamic[varargs:])
+    module = module.eval()
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)  # exporter chatter (missing torchvision ops etc.) is not the user's
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                module, example_inputs(specs), None, dynamo=True, external_data=False, opset_version=opset,
+                input_names=[s["name"] for s in specs["inputs"]], output_names=[s["name"] for s in specs["outputs"]],
+                dynamic_shapes=dynamic, verbose=False, report=False, optimize=True,
+            )
+    finally:
+        exporter_log.setLevel(level)
+    proto = program.model_proto
+    got_in = [i.name for i in proto.graph.input]
+    if got_in != [s["name"] for s in specs["inputs"]]:
+        raise ExportError(f"exported graph has inputs {got_in}, the bundle contract wants "
+                          f"{[s['name'] for s in specs['inputs']]}")
+    return proto
+
+
+def export_view_encoder(model: JustZoomIn, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    return _export(ViewEncoderGraph(model), tensor_specs(model.cfg)["view_encoder"], opset)
+
+
+def export_street_encoder(model: JustZoomIn, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    return _export(StreetEncoderGraph(model), tensor_specs(model.cfg)["street_encoder"], opset)
+
+
+def export_decoder(model: JustZoomIn, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    return _export(DecoderStepGraph(model), tensor_specs(model.cfg)["decoder"], opset)
+
+
+def prepare_for_export(model: JustZoomIn) -> JustZoomIn:
+    """Eval mode and a constant position embedding (no Resize/interpolate in the graphs)."""
+    model.eval()
+    model.encoder.freeze_position_embeddings()
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# precisions
+# ---------------------------------------------------------------------------------------------
+# Kept in fp32 inside fp16 encoders: reductions whose range or accumulation fp16 does not hold.
+FP16_KEEP_FP32 = ["LayerNormalization", "Softmax", "ReduceMean", "Pow", "Sqrt", "Erf"]
+
+
+def to_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """fp16 weights and activations, uint8/float32 IO, LayerNorm/Softmax (and friends) kept fp32."""
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        proto = convert_float_to_float16(proto, keep_io_types=True,
+                                         op_block_list=list(DEFAULT_OP_BLOCK_LIST) + FP16_KEEP_FP32)
+    sort_nodes(proto.graph)  # the converter appends its Cast nodes after their consumers
+    return proto
+
+
+def sort_nodes(graph: onnx.GraphProto) -> None:
+    """Reorder ``graph.node`` topologically (stable: keeps the original order where it can)."""
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered = []
+    while pending:
+        ready = [n for n in pending if all(x in available for x in n.input)]
+        if not ready:
+            raise ExportError(f"graph {graph.name!r} has a cycle or an undefined input")
+        for n in ready:
+            available.update(n.output)
+        ordered += ready
+        ready_ids = {id(n) for n in ready}
+        pending = [n for n in pending if id(n) not in ready_ids]
+    nodes = [onnx.NodeProto.FromString(n.SerializeToString()) for n in ordered]
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+# Dynamic int8 quantisation settings, chosen by measurement (benchmarks/RESULTS.md, "Export"):
+# per-tensor weights, full int8 range.
+INT8_PER_CHANNEL = False
+INT8_REDUCE_RANGE = False
+
+
+def to_int8(proto: onnx.ModelProto, workdir: Path) -> onnx.ModelProto:
+    """Dynamic int8 quantisation of the MatMuls (weights int8, activations quantised on the fly)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    src, dst = workdir / "int8_src.onnx", workdir / "int8_dst.onnx"
+    onnx.save(proto, src)
+    try:
+        quantize_dynamic(src, dst, op_types_to_quantize=["MatMul"], per_channel=INT8_PER_CHANNEL,
+                         reduce_range=INT8_REDUCE_RANGE, weight_type=QuantType.QInt8)
+        return onnx.load(dst)
+    finally:
+        src.unlink(missing_ok=True)
+        dst.unlink(missing_ok=True)
+
+
+def encoder_id(model: JustZoomIn) -> str:
+    """sha256 of the encoder weights (sorted keys, fp32 bytes) and its input geometry; precision-free."""
+    h = hashlib.sha256()
+    cfg = model.cfg
+    h.update(json.dumps([cfg.image_size, cfg.patch_size, cfg.enc_width, cfg.enc_layers, cfg.enc_heads]).encode())
+    # legacy (authors') key names, so the id does not depend on the installed transformers
+    state = to_legacy_names(model.encoder.backbone.state_dict())
+    for key in sorted(state):
+        t = state[key].detach().to(torch.float32).contiguous().cpu()
+        h.update(key.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# parity: ONNX Runtime vs PyTorch
+# ---------------------------------------------------------------------------------------------
+def ort_session(model_path, threads: int | None = None):
+    """A CPU ONNX Runtime session with explicit threads (intra-op ``threads`` or all cores, inter-op 1)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or 0
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3  # no optimizer chatter on stderr
+    return ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+
+
+def _diff(got: np.ndarray, ref: np.ndarray) -> dict:
+    """max abs and relative (to the reference's max magnitude) difference, and finiteness."""
+    got, ref = np.asarray(got, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    finite = bool(np.isfinite(got).all())
+    max_abs = float(np.abs(got - ref).max()) if finite else float("inf")
+    return {"max_abs": max_abs, "max_rel": max_abs / max(float(np.abs(ref).max()), 1e-12), "finite": finite}
+
+
+def _merge(diffs: list[dict]) -> dict:
+    return {"max_abs": max(d["max_abs"] for d in diffs), "max_rel": max(d["max_rel"] for d in diffs),
+            "finite": all(d["finite"] for d in diffs)}
+
+
+def synthetic_image(key, height: int, width: int) -> np.ndarray:
+    """A deterministic uint8 RGB image for ``key``: coarse colour blocks plus noise, so that
+    different keys give clearly different embeddings (pure noise images all look alike)."""
+    rng = np.random.default_rng(key)
+    blocks = rng.integers(0, 256, (4, 4 * width // height, 3)).astype(np.float32)
+    img = np.repeat(np.repeat(blocks, -(-height // 4), axis=0), -(-width // blocks.shape[1]), axis=1)[:height, :width]
+    img = img + rng.normal(0, 24, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def ort_greedy(decoder_session, query: np.ndarray, view_fn, cfg: ModelConfig):
+    """Greedy zoom with the exported decoder step: ``view_fn(paths [B, k]) -> [B, D]``.
+
+    Returns (paths [B, S] int64, logits [B, S, A] float32)."""
+    b = query.shape[0]
+    cache_shape = (b, cfg.dec_heads, cfg.cache_len, cfg.head_dim)
+    past = {name: np.zeros(cache_shape, np.float32) for name in B.past_names(cfg.dec_layers)}
+    prev = np.zeros(b, np.int64)
+    path = np.zeros((b, 0), np.int64)
+    all_logits = []
+    for k in range(cfg.steps):
+        feeds = {"query": query, "view": view_fn(path), "prev_action": prev, "step": np.array(k, np.int64), **past}
+        logits, *present = decoder_session.run(None, feeds)
+        past = dict(zip(B.past_names(cfg.dec_layers), present))
+        prev = logits.argmax(-1).astype(np.int64)
+        path = np.concatenate([path, prev[:, None]], axis=1)
+        all_logits.append(logits)
+    return path, np.stack(all_logits, axis=1)
+
+
+@dataclass(frozen=True)
+class ParitySettings:
+    images: int = 2  # random images through each encoder
+    rollouts: int = 200  # decoder-only greedy rollouts (random query and view embeddings)
+    end_to_end: int = 8  # full rollouts: synthetic street photo -> encoders -> decoder, 4 view encodes each
+    seed: int = 0
+
+
+def _encoder_parity(session, module: nn.Module, images: np.ndarray) -> dict:
+    got = session.run(None, {"images": images})[0]
+    with torch.no_grad():
+        ref = module(torch.from_numpy(images)).numpy()
+    return {**_diff(got, ref), "images": int(images.shape[0])}
+
+
+def _decoder_step_parity(session, model: JustZoomIn, seed: int) -> dict:
+    """Every step index with random inputs and random (full) caches: logits and present tensors."""
+    cfg = model.cfg
+    specs = tensor_specs(cfg)["decoder"]
+    logit_diffs, cache_diffs = [], []
+    for k in range(cfg.steps):
+        inputs = list(example_inputs(specs, batch=3, seed=seed + k))
+        inputs[3] = torch.tensor(k, dtype=torch.int64)
+        with torch.no_grad():
+            ref = [t.numpy() for t in DecoderStepGraph(model)(*inputs)]
+        got = session.run(None, {s["name"]: t.numpy() for s, t in zip(specs["inputs"], inputs)})
+        logit_diffs.append(_diff(got[0], ref[0]))
+        cache_diffs += [_diff(g, r) for g, r in zip(got[1:], ref[1:])]
+    return {"logits": _merge(logit_diffs), "present": _merge(cache_diffs)}
+
+
+def _path_figures(got: np.ndarray, ref: np.ndarray) -> dict:
+    return {"queries": int(ref.shape[0]),
+            "path_agreement": float((got == ref).all(axis=1).mean()),
+            "step_agreement": [float(x) for x in (got == ref).mean(axis=0)]}
+
+
+def _decoder_rollouts(session, model: JustZoomIn, n: int, seed: int) -> dict:
+    """Greedy rollouts over random query embeddings and a random tile store of view embeddings."""
+    cfg = model.cfg
+    region = cfg.zoom
+    rng = np.random.default_rng(seed)
+    query = rng.standard_normal((n, cfg.width)).astype(np.float32)
+    table = rng.standard_normal((region.total_views, cfg.width)).astype(np.float32)
+
+    def view_fn(path):
+        path = np.asarray(path)
+        return table[region.level_offset(path.shape[1]) + region.path_index(path)]
+
+    got_paths, got_logits = ort_greedy(session, query, view_fn, cfg)
+    ref_paths, ref_logits = greedy_from_embeddings(model.decoder, torch.from_numpy(query),
+                                                   lambda p: torch.from_numpy(view_fn(p.numpy())), cfg.steps)
+    return {**_path_figures(got_paths, ref_paths.numpy()), "logits": _diff(got_logits, ref_logits.numpy())}
+
+
+def _end_to_end(sessions: dict, model: JustZoomIn, n: int, seed: int) -> dict:
+    """Full rollouts on synthetic photos and views: the exported encoders + decoder vs PyTorch fp32."""
+    cfg = model.cfg
+    s, region = cfg.image_size, cfg.zoom
+    street = np.stack([synthetic_image([seed, 1, i], s, 2 * s) for i in range(n)])
+
+    def views(path):  # the synthetic satellite view reached by each path, keyed by its tile index
+        level = path.shape[1]
+        keys = region.level_offset(level) + region.path_index(path)
+        return np.stack([synthetic_image([seed, 2, int(k)], s, s) for k in keys])
+
+    got_paths, got_logits = ort_greedy(
+        sessions["decoder"], sessions["street_encoder"].run(None, {"images": street})[0],
+        lambda p: sessions["view_encoder"].run(None, {"images": views(p)})[0], cfg)
+    view_module = ViewEncoderGraph(model)
+    with torch.no_grad():
+        query = StreetEncoderGraph(model)(torch.from_numpy(street))
+    ref_paths, ref_logits = greedy_from_embeddings(
+        model.decoder, query, lambda p: view_module(torch.from_numpy(views(p.numpy()))), cfg.steps)
+    ref_paths = ref_paths.numpy()
+    final_cell = float((got_paths == ref_paths).all(axis=1).mean())  # same path <=> same final cell
+    # logits are comparable only while both rollouts have seen the same views
+    same_prefix = np.concatenate([np.ones((n, 1), bool), np.cumprod(got_paths == ref_paths, axis=1)[:, :-1] > 0], 1)
+    return {**_path_figures(got_paths, ref_paths), "final_cell_agreement": final_cell,
+            "logits": _diff(got_logits[same_prefix], ref_logits.numpy()[same_prefix])}
+
+
+def check_parity(paths: dict, model: JustZoomIn, precision: str, settings: ParitySettings = ParitySettings(),
+                 threads: int | None = None) -> dict:
+    """Run the exported graphs (``paths[graph]``) against PyTorch; returns figures and ``passed``/``failures``."""
+    import onnxruntime as ort
+
+    cfg = model.cfg
+    sessions = {g: ort_session(paths[g], threads) for g in B.GRAPHS}
+    s, n = cfg.image_size, settings.images
+    rng = np.random.default_rng(settings.seed)
+    figures = {
+        "reference": f"PyTorch {torch.__version__} fp32",
+        "runtime": f"onnxruntime {ort.__version__} CPUExecutionProvider",
+        "relative_difference": "max|onnx - torch| / max|torch| over each tensor",
+        "view_encoder": _encoder_parity(sessions["view_encoder"], ViewEncoderGraph(model),
+                                        rng.integers(0, 256, (n, s, s, 3), dtype=np.uint8)),
+        "street_encoder": _encoder_parity(sessions["street_encoder"], StreetEncoderGraph(model),
+                                          rng.integers(0, 256, (max(1, n // 2), s, 2 * s, 3), dtype=np.uint8)),
+        "decoder_step": _decoder_step_parity(sessions["decoder"], model, settings.seed),
+        "decoder_rollouts": _decoder_rollouts(sessions["decoder"], model, settings.rollouts, settings.seed),
+        "end_to_end": _end_to_end(sessions, model, settings.end_to_end, settings.seed),
+    }
+    failures = parity_failures(figures, precision)
+    figures["gates"] = {"fp32_max_rel": FP32_MAX_REL, "decoder_path_agreement": 1.0,
+                        "end_to_end_path_agreement": 1.0 if precision == "fp32" else QUANTIZED_MIN_AGREEMENT}
+    figures["passed"] = not failures
+    figures["failures"] = failures
+    return figures
+
+
+def parity_failures(fig: dict, precision: str) -> list[str]:
+    """The gates: every figure finite; the decoder (always fp32) exact; the encoders by precision."""
+    failures = []
+    checks = {"view_encoder": fig["view_encoder"], "street_encoder": fig["street_encoder"],
+              "decoder_step.logits": fig["decoder_step"]["logits"], "decoder_step.present": fig["decoder_step"]["present"],
+              "decoder_rollouts.logits": fig["decoder_rollouts"]["logits"], "end_to_end.logits": fig["end_to_end"]["logits"]}
+    moved_by_encoder_precision = {"view_encoder", "street_encoder", "end_to_end.logits"}
+    for name, d in checks.items():
+        strict = precision == "fp32" or name not in moved_by_encoder_precision
+        if not d["finite"]:
+            failures.append(f"{name}: NaN or Inf in the ONNX output")
+        elif strict and d["max_rel"] > FP32_MAX_REL:
+            failures.append(f"{name}: relative difference {d['max_rel']:.2e} > {FP32_MAX_REL:.0e}")
+    if fig["decoder_rollouts"]["path_agreement"] < 1.0:
+        failures.append(f"decoder_rollouts: greedy paths differ on "
+                        f"{1 - fig['decoder_rollouts']['path_agreement']:.1%} of queries")
+    need = 1.0 if precision == "fp32" else QUANTIZED_MIN_AGREEMENT
+    if fig["end_to_end"]["path_agreement"] < need:
+        failures.append(f"end_to_end: path agreement {fig['end_to_end']['path_agreement']:.1%} < {need:.0%}")
+    return failures
+
+
+# ---------------------------------------------------------------------------------------------
+# the bundle
+# ---------------------------------------------------------------------------------------------
+EXPORTERS = {"view_encoder": export_view_encoder, "street_encoder": export_street_encoder, "decoder": export_decoder}
+NO_ENGINES = {"engines": None, "note": "no TensorRT engines built; run `jzi-export --trt-only BUNDLE` on the target device"}
+
+
+def default_output(checkpoint, precision: str) -> Path:
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(f"{checkpoint.stem}-{precision}-bundle")
+
+
+def check_output(out: Path, force: bool) -> None:
+    """Refuse an existing output unless ``force``, and never replace something that is not a bundle."""
+    if out.exists() or out.is_symlink():
+        if not force:
+            raise ExportError(f"{out} already exists; pass --force to replace it")
+        if not out.is_dir() or not (out / B.MANIFEST).is_file():
+            raise ExportError(f"{out} exists and is not a jzi bundle; refusing to replace it even with --force")
+
+
+def make_staging_dir(out: Path) -> Path:
+    """An empty hidden directory beside ``out`` (same filesystem, so publishing is a rename)."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+        staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; a bundle is an ordinary directory
+        return staging
+    except OSError as e:
+        raise ExportError(f"cannot write the bundle to {out.parent}: {e.strerror or e}") from None
+
+
+def publish(staging: Path, out: Path, force: bool) -> None:
+    """Move the finished staging directory to ``out``; an old bundle is moved aside, then deleted."""
+    check_output(out, force)
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(staging, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_manifest(bundle_dir: Path, manifest: dict) -> None:
+    """Write ``manifest.json`` atomically (temp file in the same directory, then rename)."""
+    path = Path(bundle_dir) / B.MANIFEST
+    fd, tmp = tempfile.mkstemp(prefix=f".{B.MANIFEST}.", suffix=".tmp", dir=bundle_dir)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(manifest, f, indent=2)
+            f.write("\n")
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def file_entry(bundle_dir: Path, rel: str) -> dict:
+    path = Path(bundle_dir) / rel
+    return {"path": rel, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+
+def set_metadata(path: Path, manifest: dict, graph: str) -> None:
+    """Store the manifest (less the file checksums, which would include the file itself) in
+    the graph's ``metadata_props``, one JSON value per key, plus which graph this is."""
+    proto = onnx.load(path)
+    meta = {f"jzi.{k}": v if isinstance(v, str) else json.dumps(v)
+            for k, v in manifest.items() if k not in ("files", "tensors", "tensorrt")}
+    meta["jzi.graph"] = graph
+    meta["jzi.tensors"] = json.dumps(manifest["tensors"][graph])
+    onnx.helper.set_model_props(proto, meta)
+    onnx.save(proto, path)
+
+
+def _jzi_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("jzi")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def build_manifest(model: JustZoomIn, precision: str, source: dict, parity: dict, opset: int,
+                   seconds: float) -> dict:
+    """Every key of the bundle contract except ``files`` (added once the files are final)."""
+    import onnxruntime as ort
+
+    cfg = model.cfg
+    precision_notes = {
+        "fp32": "encoders and decoder fp32",
+        "fp16": f"encoders fp16 with uint8 input and float32 output; kept fp32: {', '.join(FP16_KEEP_FP32)}; "
+                "decoder fp32",
+        "int8": f"encoders: ONNX Runtime dynamic int8 MatMuls (per_channel={INT8_PER_CHANNEL}, "
+                f"reduce_range={INT8_REDUCE_RANGE}); decoder fp32",
+    }
+    return {
+        "format": B.FORMAT,
+        "format_version": B.FORMAT_VERSION,
+        "jzi_version": _jzi_version(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": cfg.to_dict(),
+        "region": cfg.region,
+        "grid": cfg.grid,
+        "steps": cfg.steps,
+        "n_actions": cfg.n_actions,
+        "width": cfg.width,
+        "image_size": cfg.image_size,
+        "street_size": [cfg.image_size, 2 * cfg.image_size],
+        "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+                          "layout": "NHWC uint8 RGB, normalised in graph"},
+        "precision": precision,
+        "precision_notes": precision_notes[precision],
+        "decoder": {"layers": cfg.dec_layers, "heads": cfg.dec_heads, "head_dim": cfg.head_dim,
+                    "cache_len": cfg.cache_len},
+        "tensors": tensor_specs(cfg),
+        "source_checkpoint": source,
+        "encoder_id": encoder_id(model),
+        "parity": parity,
+        "export": {"exporter": "torch.onnx.export(dynamo=True)", "opset": opset, "torch": torch.__version__,
+                   "onnx": onnx.__version__, "onnxruntime": ort.__version__, "seconds": round(seconds, 1),
+                   "host": platform.machine()},
+        "tensorrt": dict(NO_ENGINES),
+    }
+
+
+def export_bundle(checkpoint, out=None, *, preset: str | None = None, precision: str = "fp32",
+                  opset: int = DEFAULT_OPSET, force: bool = False, trt: bool = False,
+                  trt_max_batch: int | None = None, parity: ParitySettings | None = None,
+                  threads: int | None = None, log=None) -> tuple[Path, dict]:
+    """Checkpoint -> bundle directory. Returns (bundle path, manifest). Raises ExportError/CheckpointError.
+
+    Nothing is left behind on failure: all files go to a hidden staging directory beside ``out``
+    that is renamed into place only after the parity gates (and the engines, with ``trt``) pass.
+    """
+    log = log or (lambda msg: None)
+    if precision not in PRECISIONS:
+        raise ExportError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
+    if opset < MIN_OPSET:
+        raise ExportError(f"--opset {opset}: jzi needs opset >= {MIN_OPSET} (native LayerNormalization)")
+    out = Path(out) if out is not None else default_output(checkpoint, precision)
+    check_output(out, force)
+    if trt:
+        from .tensorrt_build import check_can_build
+
+        check_can_build(precision)
+    start = time.perf_counter()
+    log(f"loading {checkpoint}")
+    model, info = load_checkpoint(checkpoint, preset)
+    prepare_for_export(model)
+    staging = make_staging_dir(out)
+    try:
+        paths = {}
+        for graph, export_fn in EXPORTERS.items():
+            log(f"exporting {graph}")
+            proto = export_fn(model, opset)
+            if graph != "decoder" and precision == "fp16":
+                proto = to_fp16(proto)
+            elif graph != "decoder" and precision == "int8":
+                proto = to_int8(proto, staging)
+            paths[graph] = staging / f"{graph}.onnx"
+            onnx.save(proto, paths[graph])
+            del proto
+            onnx.checker.check_model(str(paths[graph]))
+        log("checking parity with PyTorch")
+        settings = parity or default_parity(model.cfg)
+        figures = check_parity(paths, model, precision, settings, threads)
+        if not figures["passed"]:
+            raise ExportError(f"parity check failed ({precision}): {'; '.join(figures['failures'])}")
+        source = {"name": Path(checkpoint).name, "sha256": info["sha256"], "format": info["format"],
+                  "epoch": info["epoch"]}
+        manifest = build_manifest(model, precision, source, figures, opset, time.perf_counter() - start)
+        for graph, path in paths.items():
+            set_metadata(path, manifest, graph)
+        manifest["files"] = {graph: file_entry(staging, path.name) for graph, path in paths.items()}
+        write_manifest(staging, manifest)
+        if trt:
+            from .tensorrt_build import build_engines
+
+            log("building TensorRT engines")
+            manifest = build_engines(staging, max_batch=trt_max_batch, log=log)
+        publish(staging, out, force)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out, manifest
+
+
+def default_parity(cfg: ModelConfig) -> ParitySettings:
+    """Full figures for small models; fewer end-to-end rollouts where each costs six ViT passes."""
+    heavy = cfg.image_size * cfg.enc_width >= 384 * 768
+    return ParitySettings(end_to_end=2 if heavy else 8)
