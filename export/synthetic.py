@@ -1,0 +1,463 @@
+"""A synthetic cross-view world: satellite imagery, street photos and splits, deterministic by seed.
+
+``jzi-synth OUT`` writes, in the authors' dataset format::
+
+    OUT/world.json                          what was made (seed, region, sizes, raster bounds)
+    OUT/world.tif                           the satellite raster as a GeoTIFF (EPSG:4326)
+    OUT/satellite/layout.yaml, {z}/{x}/{y}.jpg   the same imagery as XYZ tiles (tiledwebmaps layout)
+    OUT/streetview/images/{image_id}_undistorted.jpg
+    OUT/metadata/{train,val,test}.csv       image_id, latitude, longitude, sequence (+ heading_deg, fov_deg)
+
+The imagery has structure at every zoom scale, so each of the four zoom steps carries information:
+each 2.5 km district (a level-0 cell) has its own ground palette; each 625 m neighbourhood (level 1)
+its own street-grid angle and spacing, roof colour family and greenery; each 156 m block (level 2)
+a land use (dense or sparse buildings, park, pond, plaza) and roof shade; below that, single
+buildings, trees, shadows, plus a river and arterial roads across cells.
+
+A street photo looks outward from the ground: the surroundings are projected onto a ground plane
+seen from 2.5 m up (a perspective polar warp), buildings stand up as facades, the heading is random
+and unknown, the field of view is a random crop, and poles, cars, colour, blur and JPEG changes are
+added, so matching needs cross-view reasoning rather than a pixel copy.
+
+numpy and OpenCV only (rasterio for the GeoTIFF), no torch.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from jzi.runtime.geometry import EARTH_RADIUS_M, Region, move
+from jzi.runtime.imagery import ArraySource, latlon_to_tile, tile_to_latlon, zoom_meters_per_pixel
+
+SPLITS = ("train", "val", "test")
+WORLD_FORMAT = "jzi-synthetic-world"
+# name -> (train, val, test) queries
+SIZES = {"tiny": (64, 16, 16), "small": (600, 100, 200), "default": (6000, 300, 1000)}
+LAND_USES = ("dense", "sparse", "park", "pond", "plaza")
+LAND_USE_P = (0.38, 0.26, 0.18, 0.06, 0.12)
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    seed: int = 0
+    region: dict = field(default_factory=lambda: Region.default().to_dict())
+    meters_per_pixel: float = 2.5  # raster resolution (tiny views at level 3 are 2.44 m/px)
+    margin_m: float = 600.0  # imagery beyond the region, so views and street photos near edges exist
+    sizes: tuple = SIZES["default"]
+    street_size: tuple = (128, 256)  # street photo H, W
+    view_radius_m: float = 120.0  # how far a street photo sees
+    fov_deg: tuple = (200.0, 360.0)  # random horizontal field of view of a street photo
+    min_zoom: int = 8
+    jpeg_quality: int = 90
+
+
+# ---- small procedural helpers ----------------------------------------------------------------------
+def _hash01(*ints) -> np.ndarray:
+    """A deterministic pseudo-random float in [0, 1) per element of integer arrays (vectorised)."""
+    h = np.uint64(1469598103934665603)
+    for k, a in enumerate(ints):
+        a = np.asarray(a).astype(np.int64).astype(np.uint64)
+        h = (h ^ (a + np.uint64(0x9E3779B97F4A7C15 + k))) * np.uint64(1099511628211)
+        h ^= h >> np.uint64(29)
+    h = (h * np.uint64(0xBF58476D1CE4E5B9)) ^ (h >> np.uint64(31))
+    return (h >> np.uint64(40)).astype(np.float64) / float(1 << 24)
+
+
+def _fractal_noise(rng, shape, span_m, wavelengths_m, amps) -> np.ndarray:
+    """Sum of smooth random fields (cubic upsampled grids), one per wavelength; float32 [H, W]."""
+    h, w = shape
+    out = np.zeros(shape, np.float32)
+    for lam, amp in zip(wavelengths_m, amps):
+        n = max(2, int(math.ceil(span_m / lam)) + 2)
+        grid = rng.standard_normal((n, n)).astype(np.float32)
+        out += amp * cv2.resize(grid, (w, h), interpolation=cv2.INTER_CUBIC)
+    return out
+
+
+def _hsv_to_rgb(h, s, v) -> np.ndarray:
+    """Vectorised HSV (all in 0..1) -> RGB float [..., 3]."""
+    h = np.mod(h, 1.0) * 6.0
+    i = np.floor(h)
+    f = h - i
+    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
+    i = i.astype(np.int64) % 6
+    r = np.choose(i, [v, q, p, p, t, v])
+    g = np.choose(i, [t, v, v, q, p, p])
+    b = np.choose(i, [p, p, t, v, v, q])
+    return np.stack([r, g, b], axis=-1).astype(np.float32)
+
+
+# ---- the world -----------------------------------------------------------------------------------------
+class World:
+    """The satellite raster of a synthetic region (lat/lon grid), its building heights, and attributes."""
+
+    def __init__(self, cfg: WorldConfig):
+        self.cfg = cfg
+        self.region = Region.from_dict(cfg.region)
+        r = self.region
+        self.span_m = r.size_m + 2 * cfg.margin_m
+        self.px = int(round(self.span_m / cfg.meters_per_pixel))
+        half = self.span_m / 2
+        c = r.center
+        self.bounds = (float(move(c, 0.0, -half)[0]), float(move(c, 0.0, half)[0]),
+                       float(move(c, 90.0, -half)[1]), float(move(c, 90.0, half)[1]))
+        self.image, self.height = self._paint()
+        self.source = ArraySource(self.image, self.bounds)
+
+    # coordinates: x east from the region's west edge, y south from its north edge (metres)
+    def _axes(self):
+        mpp = self.span_m / self.px
+        a = (np.arange(self.px, dtype=np.float32) + 0.5) * mpp - self.cfg.margin_m
+        return a, a  # x per column, y per row
+
+    def _paint(self):
+        cfg, r = self.cfg, self.region
+        rng = np.random.default_rng(cfg.seed)
+        n = self.px
+        xs, ys = self._axes()
+        x = np.broadcast_to(xs[None, :], (n, n))
+        y = np.broadcast_to(ys[:, None], (n, n))
+
+        def cells(level_size):  # cell index per pixel at one level, shifted so the margin is >= 0
+            k = int(math.ceil(cfg.margin_m / level_size))
+            cols = np.floor(xs / level_size).astype(np.int64) + k
+            rows = np.floor(ys / level_size).astype(np.int64) + k
+            m = int(round(r.size_m / level_size)) + 2 * k
+            return rows[:, None], cols[None, :], m, k
+
+        s1, s2, s3 = (r.level_size_m(lvl) for lvl in (1, 2, 3))
+        # level 0 cells (districts): a ground palette, 16 well-separated hues inside the region
+        r0, c0, m0, k0 = cells(s1)
+        hue0 = rng.random((m0, m0))
+        inner = rng.permutation(r.grid * r.grid) / (r.grid * r.grid) + rng.uniform(0, 0.02, r.grid * r.grid)
+        hue0[k0:k0 + r.grid, k0:k0 + r.grid] = inner.reshape(r.grid, r.grid)
+        sat0 = rng.uniform(0.4, 0.65, (m0, m0))
+        val0 = rng.uniform(0.45, 0.75, (m0, m0))
+        # level 1 cells (neighbourhoods): street grid, roof family, greenery
+        r1, c1, m1, _ = cells(s2)
+        angle1 = rng.uniform(0, math.pi / 2, (m1, m1))
+        spacing1 = rng.choice([40.0, 55.0, 75.0, 100.0], (m1, m1))
+        roadw1 = rng.uniform(6.0, 11.0, (m1, m1))
+        roofhue1 = rng.random((m1, m1))
+        green1 = rng.uniform(-0.7, 0.2, (m1, m1))
+        # level 2 cells (blocks): land use and roof shade
+        r2, c2, m2, _ = cells(s3)
+        use2 = rng.choice(len(LAND_USES), (m2, m2), p=LAND_USE_P)
+        roofval2 = rng.uniform(0.35, 0.95, (m2, m2))
+        roofsat2 = rng.uniform(0.2, 0.75, (m2, m2))
+        pond2 = rng.uniform(0.25, 0.42, (m2, m2, 2))
+
+        hue = hue0[r0, c0].astype(np.float32)
+        noise = _fractal_noise(rng, (n, n), self.span_m, (1500, 300, 60, 12), (0.05, 0.05, 0.04, 0.03))
+        ground = _hsv_to_rgb(hue + 0.25 * noise, sat0[r0, c0], np.clip(val0[r0, c0] + noise, 0, 1))
+        use = use2[r2, c2]
+
+        # parks: greener ground; plazas: pale paving
+        park = use == LAND_USES.index("park")
+        ground[park] = 0.5 * ground[park] + 0.5 * np.array([0.30, 0.52, 0.22], np.float32)
+        plaza = use == LAND_USES.index("plaza")
+        ground[plaza] = 0.35 * ground[plaza] + 0.65 * np.array([0.78, 0.76, 0.72], np.float32)
+        img = ground
+
+        # trees: fine noise above a threshold set by the neighbourhood's greenery (denser in parks)
+        tree_noise = _fractal_noise(rng, (n, n), self.span_m, (40, 10), (0.6, 0.5))
+        trees = tree_noise > (0.9 - green1[r1, c1] - 0.8 * park)
+
+        # water: block ponds and a river across the region
+        fy = (ys[:, None] - (r2 - int(math.ceil(cfg.margin_m / s3))) * s3) / s3 - 0.5
+        fx = (xs[None, :] - (c2 - int(math.ceil(cfg.margin_m / s3))) * s3) / s3 - 0.5
+        pr = pond2[r2, c2]
+        water = (use == LAND_USES.index("pond")) & ((fx / pr[..., 0]) ** 2 + (fy / pr[..., 1]) ** 2 < 1)
+        phase = rng.uniform(0, 2 * math.pi, 2)
+        river_y = (0.3 + 0.4 * rng.random()) * r.size_m + 900 * np.sin(2 * math.pi * xs / 7300 + phase[0]) \
+            + 250 * np.sin(2 * math.pi * xs / 2100 + phase[1])
+        water |= np.abs(y - river_y[None, :]) < 35 + 12 * noise / 0.05
+
+        # streets: a rotated grid per neighbourhood, arterials on neighbourhood edges, highways on districts
+        th, sp, rw = angle1[r1, c1], spacing1[r1, c1], roadw1[r1, c1]
+        u = x * np.cos(th) + y * np.sin(th)
+        v = -x * np.sin(th) + y * np.cos(th)
+        fu, fv = np.mod(u, sp), np.mod(v, sp)
+        street = (fu < rw) | (fv < rw)
+        edge1 = (np.abs((xs[None, :] + s2 / 2) % s2 - s2 / 2) < 9) | (np.abs((ys[:, None] + s2 / 2) % s2 - s2 / 2) < 9)
+        edge0 = (np.abs((xs[None, :] + s1 / 2) % s1 - s1 / 2) < 16) | (np.abs((ys[:, None] + s1 / 2) % s1 - s1 / 2) < 16)
+
+        # buildings: one or four per street block, sized by land use; heights for street facades
+        bu, bv = np.floor(u / sp).astype(np.int64), np.floor(v / sp).astype(np.int64)
+        key = (r1 * 1000 + c1).astype(np.int64)
+        hsh = _hash01(key, bu, bv, cfg.seed)
+        dense = use == LAND_USES.index("dense")
+        sparse = use == LAND_USES.index("sparse")
+        inner_u, inner_v = (fu - rw) / (sp - rw), (fv - rw) / (sp - rw)  # 0..1 inside the block
+        frac = np.where(dense, 0.78, 0.5) + 0.15 * (hsh - 0.5)
+        lo, hi = 0.5 - frac / 2, 0.5 + frac / 2
+        in_box = (inner_u > lo) & (inner_u < hi) & (inner_v > lo) & (inner_v < hi)
+        split = dense & (hsh > 0.5)  # some dense blocks hold four buildings with a gap between
+        gap = split & ((np.abs(inner_u - 0.5) < 0.04) | (np.abs(inner_v - 0.5) < 0.04))
+        building = (dense | (sparse & (hsh < 0.7))) & in_box & ~gap & ~street & ~water
+        quad = (inner_u > 0.5).astype(np.int64) * 2 + (inner_v > 0.5)
+        bh = _hash01(key, bu, bv, quad, cfg.seed + 1)
+        roof = _hsv_to_rgb(roofhue1[r1, c1] + 0.06 * (bh - 0.5), roofsat2[r2, c2],
+                           np.clip(roofval2[r2, c2] + 0.2 * (bh - 0.5), 0, 1))
+        height = np.where(building, np.where(dense, 12 + 30 * bh, 5 + 8 * bh), 0).astype(np.uint8)
+
+        tree_col = np.array([0.16, 0.33, 0.13], np.float32) * (1 + 3 * tree_noise[..., None] * 0.1)
+        road_col = np.array([0.33, 0.33, 0.35], np.float32)
+        img = np.where((trees & ~street)[..., None], tree_col, img)
+        img = np.where(street[..., None] & ~plaza[..., None] & ~park[..., None], road_col + 0.5 * noise[..., None], img)
+        img = np.where((edge1 | edge0)[..., None], np.array([0.26, 0.26, 0.28], np.float32), img)
+        img = np.where(edge0[..., None] & (np.abs(np.mod(xs[None, :] + ys[:, None], 30.0) - 15) < 4)[..., None]
+                       & ((np.abs((xs[None, :] + s1 / 2) % s1 - s1 / 2) < 1) | (np.abs((ys[:, None] + s1 / 2) % s1 - s1 / 2) < 1))[..., None],
+                       np.array([0.9, 0.85, 0.4], np.float32), img)  # dashed centre lines on highways
+        img = np.where(water[..., None], np.array([0.12, 0.27, 0.42], np.float32) + 0.6 * noise[..., None], img)
+        # building shadows fall north-east of each building (sun in the south-west), then the roofs
+        shift = max(1, int(round(6.0 / cfg.meters_per_pixel)))
+        shadow = np.zeros_like(building)
+        shadow[:-shift, shift:] = building[shift:, :-shift]
+        img = np.where((shadow & ~building)[..., None], img * 0.55, img)
+        img = np.where(building[..., None], roof, img)
+        img = np.clip(img * (1 + noise[..., None]), 0, 1)
+        image = (img * 255 + 0.5).astype(np.uint8)
+        height[~building] = 0
+        return image, height
+
+    # ---- street photos -------------------------------------------------------------------------------
+    def latlon_to_pixel(self, latlon):
+        s, n, w, e = self.bounds
+        latlon = np.asarray(latlon, dtype=np.float64)
+        return ((n - latlon[..., 0]) / (n - s) * self.px - 0.5, (latlon[..., 1] - w) / (e - w) * self.px - 0.5)
+
+    def street_photo(self, latlon, heading_deg: float, fov_deg: float, rng: np.random.Generator) -> np.ndarray:
+        """Render a street-level photo (uint8 RGB [H, W, 3]) at ``latlon`` looking around ``heading_deg``."""
+        cfg = self.cfg
+        H, W = cfg.street_size
+        mpp = self.span_m / self.px
+        row0, col0 = self.latlon_to_pixel(latlon)
+        horizon = int(H * rng.uniform(0.42, 0.5))
+        cam_h = 2.5
+        az = np.radians(heading_deg - fov_deg / 2 + fov_deg * (np.arange(W) + 0.5) / W)
+        sin_a, cos_a = np.sin(az)[None, :], np.cos(az)[None, :]
+
+        # ground below the horizon: a row at depression angle d sees the ground at cam_h / tan(d)
+        dep = np.radians(0.3 + 55.0 * (np.arange(H - horizon) + 0.5) / (H - horizon))[:, None]
+        dist = np.minimum(cam_h / np.tan(dep), cfg.view_radius_m)
+        rows = (row0 - dist * cos_a / mpp).astype(np.float32)
+        cols = (col0 + dist * sin_a / mpp).astype(np.float32)
+        ground = cv2.remap(self.image, cols, rows, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        haze = np.clip(dist / cfg.view_radius_m, 0, 1)[..., None] ** 2 * 0.5
+        sky_col = np.array([rng.uniform(150, 200), rng.uniform(175, 215), rng.uniform(205, 245)], np.float32)
+        ground = ground * (1 - haze) + sky_col * 0.8 * haze
+
+        # sky above the horizon, brighter towards the top
+        t = (np.arange(horizon, dtype=np.float32) / max(horizon, 1))[:, None, None]
+        sky = np.broadcast_to(sky_col * (1.05 - 0.25 * t), (horizon, W, 3))
+        photo = np.concatenate([sky, ground], axis=0).astype(np.float32)
+
+        # facades: march each column outward; the first building met stands up from its base row
+        radii = np.geomspace(3.0, cfg.view_radius_m, 64)[:, None]
+        hr = np.clip(np.round(row0 - radii * cos_a / mpp), 0, self.px - 1).astype(np.int64)
+        hc = np.clip(np.round(col0 + radii * sin_a / mpp), 0, self.px - 1).astype(np.int64)
+        heights = self.height[hr, hc].astype(np.float32)
+        hit = heights > 0
+        first = np.argmax(hit, axis=0)
+        has = hit.any(axis=0)
+        d = radii[first, 0]
+        bh = heights[first, np.arange(W)]
+        colour = self.image[hr[first, np.arange(W)], hc[first, np.arange(W)]].astype(np.float32) * 0.78
+        base = horizon + (np.degrees(np.arctan(cam_h / d)) - 0.3) / 55.0 * (H - horizon)
+        top = horizon - np.degrees(np.arctan((bh - cam_h) / d)) / 45.0 * horizon
+        rr = np.arange(H, dtype=np.float32)[:, None]
+        facade = has[None, :] & (rr >= top[None, :]) & (rr <= base[None, :])
+        windows = 0.8 + 0.2 * (np.mod(rr, 6) < 3)
+        photo = np.where(facade[..., None], colour[None, :, :] * windows[..., None], photo)
+
+        # occluders: poles and cars
+        for _ in range(rng.integers(0, 4)):
+            c, w = int(rng.integers(0, W)), int(rng.integers(2, 5))
+            photo[int(H * rng.uniform(0.05, 0.4)):, c:c + w] = rng.uniform(20, 70)
+        for _ in range(rng.integers(0, 3)):
+            c, w = int(rng.integers(0, W)), int(rng.integers(20, 50))
+            top_r = int(H * rng.uniform(0.62, 0.8))
+            photo[top_r:min(H, top_r + w // 2), c:c + w] = rng.uniform(30, 230, 3)
+        # camera: exposure, contrast, a slight white-balance shift, blur, noise
+        photo = (photo - 128) * rng.uniform(0.8, 1.2) + 128 + rng.uniform(-20, 20)
+        photo = photo * rng.uniform(0.92, 1.08, 3)
+        sigma = rng.uniform(0.0, 1.2)
+        if sigma > 0.3:
+            photo = cv2.GaussianBlur(photo, (0, 0), sigma)
+        photo = photo + rng.normal(0, 3, photo.shape)
+        return np.clip(photo, 0, 255).astype(np.uint8)
+
+    def sample_positions(self, count: int, rng: np.random.Generator) -> np.ndarray:
+        """Uniform positions inside the region, off the water (street photos are taken on land)."""
+        out = []
+        s, n, w, e = self.region.bounds_latlon()
+        while sum(len(o) for o in out) < count:
+            lat = rng.uniform(s, n, count)
+            lon = rng.uniform(w, e, count)
+            ll = np.stack([lat, lon], -1)
+            rr, cc = self.latlon_to_pixel(ll)
+            px = self.image[np.clip(rr.round().astype(int), 0, self.px - 1), np.clip(cc.round().astype(int), 0, self.px - 1)]
+            is_water = (px[:, 2].astype(int) > px[:, 0].astype(int) + 40) & (px[:, 2] > px[:, 1])
+            out.append(ll[~is_water])
+        return np.concatenate(out)[:count]
+
+
+# ---- writing the dataset ---------------------------------------------------------------------------------
+def write_geotiff(world: World, path: Path) -> None:
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.transform import from_bounds
+
+    s, n, w, e = world.bounds
+    profile = dict(driver="GTiff", width=world.px, height=world.px, count=3, dtype="uint8", crs="EPSG:4326",
+                   transform=from_bounds(w, s, e, n, world.px, world.px), tiled=True, blockxsize=256,
+                   blockysize=256, compress="deflate", predictor=2)
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(np.moveaxis(world.image, -1, 0))
+        ds.build_overviews([2, 4, 8, 16, 32], Resampling.average)
+
+
+def write_xyz(world: World, folder: Path, quality: int) -> int:
+    """XYZ tiles from ``min_zoom`` up to the first zoom at least as fine as the raster; returns the count.
+
+    At ``max_zoom`` only tiles wholly inside the raster are written (that is the declared coverage);
+    coarser zooms cover the whole raster.
+    """
+    s, n, w, e = world.bounds
+    lat_c = (s + n) / 2
+    mpp = world.span_m / world.px
+    max_zoom = next(z for z in range(world.cfg.min_zoom, 23) if zoom_meters_per_pixel(z, lat_c) <= mpp)
+    count = 0
+    for z in range(world.cfg.min_zoom, max_zoom + 1):
+        (x0, y0), (x1, y1) = latlon_to_tile([n, w], z), latlon_to_tile([s, e], z)
+        if z == max_zoom:
+            xr, yr = range(int(math.ceil(x0)), int(math.floor(x1))), range(int(math.ceil(y0)), int(math.floor(y1)))
+        else:
+            xr, yr = range(int(x0), int(x1) + 1), range(int(y0), int(y1) + 1)
+        grid = (np.arange(256) + 0.5) / 256
+        tile_mpp = zoom_meters_per_pixel(z, lat_c)
+        for tx in xr:
+            for ty in yr:
+                ll = tile_to_latlon(np.stack(np.meshgrid(tx + grid, ty + grid), -1), z)
+                tile = world.source.sample(ll, tile_mpp)
+                out = folder / str(z) / str(tx) / f"{ty}.jpg"
+                out.parent.mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(out), cv2.cvtColor(tile, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+                count += 1
+    (folder / "layout.yaml").write_text(f"preset: XYZ\nmin_zoom: {world.cfg.min_zoom}\nmax_zoom: {max_zoom}\n")
+    return count
+
+
+def format_sequence(path) -> str:
+    return "[" + ", ".join(str(int(a)) for a in path) + "]"
+
+
+def write_split(world: World, root: Path, split: str, count: int, seed: int, progress: bool) -> None:
+    rng = np.random.default_rng([seed, SPLITS.index(split), 7])
+    positions = world.sample_positions(count, rng)
+    paths = world.region.ground_truth_path(positions)
+    images = root / "streetview" / "images"
+    rows = []
+    it = range(count)
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(it, desc=f"street photos ({split})", unit="img", leave=False)
+    for i in it:
+        heading = float(rng.uniform(0, 360))
+        fov = float(rng.uniform(*world.cfg.fov_deg))
+        photo = world.street_photo(positions[i], heading, fov, rng)
+        image_id = f"{split}_{i:06d}"
+        quality = int(rng.integers(85, 96))
+        cv2.imwrite(str(images / f"{image_id}_undistorted.jpg"), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR),
+                    [cv2.IMWRITE_JPEG_QUALITY, quality])
+        rows.append([image_id, f"{positions[i, 0]:.8f}", f"{positions[i, 1]:.8f}", format_sequence(paths[i]),
+                     f"{heading:.1f}", f"{fov:.1f}"])
+    with open(root / "metadata" / f"{split}.csv", "w", newline="") as f:
+        wr = csv.writer(f)
+        wr.writerow(["image_id", "latitude", "longitude", "sequence", "heading_deg", "fov_deg"])
+        wr.writerows(rows)
+
+
+def make_world(out, cfg: WorldConfig = WorldConfig(), overwrite: bool = False, progress: bool = False,
+               log=print) -> dict:
+    """Generate the world and its splits into ``out`` (built beside it, moved into place at the end)."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        t0 = time.perf_counter()
+        world = World(cfg)
+        log(f"raster {world.px}x{world.px} px at {cfg.meters_per_pixel:g} m/px in {time.perf_counter() - t0:.1f} s")
+        write_geotiff(world, tmp / "world.tif")
+        n_tiles = write_xyz(world, tmp / "satellite", cfg.jpeg_quality)
+        log(f"GeoTIFF and {n_tiles} XYZ tiles written ({time.perf_counter() - t0:.1f} s)")
+        (tmp / "streetview" / "images").mkdir(parents=True)
+        (tmp / "metadata").mkdir()
+        for split, count in zip(SPLITS, cfg.sizes):
+            write_split(world, tmp, split, count, cfg.seed, progress)
+        info = {"format": WORLD_FORMAT, "version": 1, "config": asdict(cfg), "raster_px": world.px,
+                "raster_bounds": dict(zip(("south", "north", "west", "east"), world.bounds)),
+                "splits": dict(zip(SPLITS, cfg.sizes)), "seconds": round(time.perf_counter() - t0, 1)}
+        (tmp / "world.json").write_text(json.dumps(info, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+        log(f"synthetic world written to {out} in {info['seconds']} s "
+            f"({', '.join(f'{k} {v}' for k, v in info['splits'].items())})")
+        return info
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="jzi-synth", description="Make a synthetic cross-view world and its "
+                                "train/val/test splits in the authors' dataset format.")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", choices=sorted(SIZES), default="default",
+                   help="queries per split: " + "; ".join(f"{k} {v}" for k, v in SIZES.items()))
+    p.add_argument("--train", type=int, help="train queries (overrides --size)")
+    p.add_argument("--val", type=int, help="val queries (overrides --size)")
+    p.add_argument("--test", type=int, help="test queries (overrides --size)")
+    p.add_argument("--meters-per-pixel", type=float, default=WorldConfig.meters_per_pixel,
+                   help="satellite raster resolution (default %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--quiet", action="store_true")
+    a = p.parse_args(argv)
+    sizes = list(SIZES[a.size])
+    for i, v in enumerate((a.train, a.val, a.test)):
+        if v is not None:
+            if v < 0:
+                p.error("split sizes must be >= 0")
+            sizes[i] = v
+    if not 0.25 <= a.meters_per_pixel <= 20:
+        p.error("--meters-per-pixel must be within 0.25 .. 20")
+    cfg = WorldConfig(seed=a.seed, sizes=tuple(sizes), meters_per_pixel=a.meters_per_pixel)
+    try:
+        make_world(a.out, cfg, overwrite=a.overwrite, progress=not a.quiet,
+                   log=(lambda *_: None) if a.quiet else print)
+    except (FileExistsError, OSError) as e:
+        print(f"jzi-synth: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
