@@ -2,8 +2,8 @@
 
 The decoder runs through IOBinding: inputs and outputs are bound once to preallocated buffers, the
 zoom loop writes its inputs into those buffers in place, and the KV cache moves from ``present.*``
-to ``past_key_values.*`` by swapping two sets of buffers (rebinding pointers, no copy) or, for
-beam search, by one gather per tensor into the other set.
+to ``past_key_values.*`` by switching between two bindings of two cache sets (no copy, no
+rebinding) or, for beam search, by one gather per tensor into the past set.
 """
 from __future__ import annotations
 
@@ -90,92 +90,100 @@ class OnnxRuntimeBackend(Backend):
         return cls(self.sessions["decoder"], self.manifest, batch)
 
 
-class OrtCpuDecoderStep(DecoderStep):
-    """Host buffers bound by pointer; ORT reads and writes them in place."""
+class _TwoBindings(DecoderStep):
+    """Two cache sets and two IOBindings, one per direction of the swap, each bound once.
+
+    ``parity`` p: past = sets[p], present = sets[1 - p]. Greedy decoding flips ``parity`` (no copy,
+    no rebinding); beam search gathers present rows into past and keeps ``parity``.
+    """
 
     def __init__(self, session, manifest: dict, batch: int):
         super().__init__(manifest, batch)
         self.session = session
         self.past_names, self.present_names = past_names(self.layers), present_names(self.layers)
-        self.past = [np.zeros(self.cache_shape, np.float32) for _ in self.past_names]
-        self.present = [np.zeros(self.cache_shape, np.float32) for _ in self.present_names]
-        self.binding = session.io_binding()
+        self.sets = [[self._new_cache() for _ in self.past_names] for _ in range(2)]
+        self.bindings = [self._binding(p) for p in (0, 1)]
+        self.parity = 0
+
+    def _binding(self, parity: int):
+        b = self.session.io_binding()
         for name, arr in (("query", self.query), ("view", self.view), ("prev_action", self.prev_action),
                           ("step", self.step)):
-            self._bind_input(name, arr)
-        self._bind_output("logits", self.logits)
-        self._bind_cache()
+            b.bind_input(name, "cpu", 0, arr.dtype, list(arr.shape), arr.ctypes.data)
+        b.bind_output("logits", "cpu", 0, self.logits.dtype, list(self.logits.shape), self.logits.ctypes.data)
+        for name, buf in zip(self.past_names, self.sets[parity]):
+            self._bind_cache_input(b, name, buf)
+        for name, buf in zip(self.present_names, self.sets[1 - parity]):
+            self._bind_cache_output(b, name, buf)
+        return b
 
-    def _bind_input(self, name, arr):
-        self.binding.bind_input(name, "cpu", 0, arr.dtype, list(arr.shape), arr.ctypes.data)
+    @property
+    def past(self):
+        return self.sets[self.parity]
 
-    def _bind_output(self, name, arr):
-        self.binding.bind_output(name, "cpu", 0, arr.dtype, list(arr.shape), arr.ctypes.data)
+    @property
+    def present(self):
+        return self.sets[1 - self.parity]
 
-    def _bind_cache(self):
-        for name, arr in zip(self.past_names, self.past):
-            self._bind_input(name, arr)
-        for name, arr in zip(self.present_names, self.present):
-            self._bind_output(name, arr)
+    def advance(self, parents=None) -> None:
+        if parents is None:
+            self.parity ^= 1
+        else:
+            self._gather(parents)
+
+
+class OrtCpuDecoderStep(_TwoBindings):
+    """Host buffers bound by pointer; ORT reads and writes them in place."""
+
+    def _new_cache(self):
+        return np.zeros(self.cache_shape, np.float32)
+
+    def _bind_cache_input(self, binding, name, arr):
+        binding.bind_input(name, "cpu", 0, arr.dtype, list(arr.shape), arr.ctypes.data)
+
+    def _bind_cache_output(self, binding, name, arr):
+        binding.bind_output(name, "cpu", 0, arr.dtype, list(arr.shape), arr.ctypes.data)
 
     def reset(self) -> None:
         for arr in self.past:
             arr.fill(0.0)
 
     def run(self) -> np.ndarray:
-        self.session.run_with_iobinding(self.binding)
+        self.session.run_with_iobinding(self.bindings[self.parity])
         return self.logits
 
-    def advance(self, parents=None) -> None:
-        if parents is None:
-            self.past, self.present = self.present, self.past
-            self._bind_cache()
-        else:
-            for src, dst in zip(self.present, self.past):
-                np.take(src, parents, axis=0, out=dst, mode="clip")  # mode="clip": no hidden buffer
+    def _gather(self, parents) -> None:
+        for src, dst in zip(self.present, self.past):
+            np.take(src, parents, axis=0, out=dst, mode="clip")  # mode="clip": no hidden temporary
 
 
-class OrtDeviceDecoderStep(DecoderStep):
-    """CUDA / TensorRT providers: the cache lives in device OrtValues, small inputs are copied per step."""
+class OrtDeviceDecoderStep(_TwoBindings):
+    """CUDA / TensorRT providers: the cache lives in device OrtValues; the small inputs are copied per step."""
 
-    def __init__(self, session, manifest: dict, batch: int):
-        super().__init__(manifest, batch)
+    def _new_cache(self):
         import onnxruntime as ort
 
-        self.session = session
-        self.past_names, self.present_names = past_names(self.layers), present_names(self.layers)
-        new = lambda: ort.OrtValue.ortvalue_from_shape_and_type(list(self.cache_shape), np.float32, "cuda", 0)  # noqa: E731
-        self.past = [new() for _ in self.past_names]
-        self.present = [new() for _ in self.present_names]
-        self._zeros = np.zeros(self.cache_shape, np.float32)
-        self.binding = session.io_binding()
-        for name, arr in (("query", self.query), ("view", self.view), ("prev_action", self.prev_action),
-                          ("step", self.step)):
-            self.binding.bind_input(name, "cpu", 0, arr.dtype, list(arr.shape), arr.ctypes.data)
-        self.binding.bind_output("logits", "cpu", 0, self.logits.dtype, list(self.logits.shape), self.logits.ctypes.data)
-        self._bind_cache()
+        return ort.OrtValue.ortvalue_from_shape_and_type(list(self.cache_shape), np.float32, "cuda", 0)
 
-    def _bind_cache(self):
-        for name, val in zip(self.past_names, self.past):
-            self.binding.bind_ortvalue_input(name, val)
-        for name, val in zip(self.present_names, self.present):
-            self.binding.bind_ortvalue_output(name, val)
+    def _bind_cache_input(self, binding, name, val):
+        binding.bind_ortvalue_input(name, val)
+
+    def _bind_cache_output(self, binding, name, val):
+        binding.bind_ortvalue_output(name, val)
 
     def reset(self) -> None:
+        zeros = np.zeros(self.cache_shape, np.float32)
         for val in self.past:
-            val.update_inplace(self._zeros)
+            val.update_inplace(zeros)
 
     def run(self) -> np.ndarray:
-        self.binding.synchronize_inputs()
-        self.session.run_with_iobinding(self.binding)
-        self.binding.synchronize_outputs()
+        binding = self.bindings[self.parity]
+        binding.synchronize_inputs()
+        self.session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
         return self.logits
 
-    def advance(self, parents=None) -> None:
-        if parents is None:
-            self.past, self.present = self.present, self.past
-            self._bind_cache()
-            return
+    def _gather(self, parents) -> None:
         # OrtValue has no device gather; the cache is small (a few MB for 4 beams), so gather on the host.
         for src, dst in zip(self.present, self.past):
             dst.update_inplace(np.ascontiguousarray(np.take(src.numpy(), parents, axis=0)))

@@ -1,0 +1,201 @@
+"""The zoom loop: one street photo in, a latitude/longitude out. No torch anywhere.
+
+    loc = Localizer("bundle/", "region.jzt")            # backend="auto", threads=None
+    r = loc.localize("photo.jpg")                        # greedy
+    r.latitude, r.longitude, r.path, r.step_probs, r.confidence, r.timings
+    r = loc.localize("photo.jpg", beams=4)               # r.candidates: the top 4 cells with scores
+
+Per query: decode and stretch the photo to S x 2S (preprocess), one street-encoder call on the
+batch of queries (the graph encodes both halves and averages them), then for each of the
+``steps`` levels:
+
+    1. read the embedding row of the current view from the tile store's memmap (no imagery),
+    2. run one decoder step against the KV cache (its buffers were allocated once),
+    3. log-softmax over the 16 cells, then argmax (greedy) or top-k over beams x cells (beam search),
+    4. hand this step's cache to the next step: a pointer swap (greedy) or a gather by beam parent.
+
+The answer is the centre of the last chosen cell (``Region.path_center``); the confidence is the
+product of the chosen cells' probabilities.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .backends import Backend, open_backend
+from .bundle import load_manifest
+from .images import load_rgb, street_input
+from .tiles import TileStore
+
+
+class LocalizerError(ValueError):
+    """A bundle/store pair that cannot work together, with one line saying why."""
+
+
+@dataclass
+class Candidate:
+    latitude: float
+    longitude: float
+    path: list[int]
+    score: float  # sum of the chosen cells' log-probabilities
+    probability: float  # exp(score): the product of the chosen cells' probabilities
+
+
+@dataclass
+class Localization:
+    latitude: float
+    longitude: float
+    path: list[int]
+    step_probs: list[float]
+    confidence: float
+    candidates: list[Candidate] = field(default_factory=list)
+    timings: dict = field(default_factory=dict)  # milliseconds per stage
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _ms(t0: int, t1: int) -> float:
+    return (t1 - t0) / 1e6
+
+
+class Localizer:
+    def __init__(self, bundle, tiles, backend: str | Backend = "auto", threads: int | None = None,
+                 verify_bundle: bool = True):
+        self.manifest = load_manifest(bundle, verify=verify_bundle)
+        self.store = tiles if isinstance(tiles, TileStore) else TileStore(tiles)
+        _check_pair(self.manifest, self.store)
+        self.backend = backend if isinstance(backend, Backend) else open_backend(bundle, self.manifest, backend, threads)
+        self.region = self.store.region
+        self.image_size = int(self.manifest["image_size"])
+        self.n_actions = self.region.n_actions
+        self.steps = self.region.steps
+        self._offsets = [self.region.level_offset(lvl) for lvl in range(self.steps)]
+        self._street: dict[int, np.ndarray] = {}  # batch -> preallocated uint8 [B, S, 2S, 3]
+
+    # ---- public API --------------------------------------------------------------------------
+    def localize(self, image, beams: int = 1) -> Localization:
+        """One photo (a path, encoded bytes or an RGB array) -> its Localization."""
+        return self.localize_batch([image], beams)[0]
+
+    def localize_batch(self, images, beams: int = 1) -> list[Localization]:
+        """Several photos in one encoder batch and one decoder batch (queries x beams rows)."""
+        images = list(images)
+        if not images:
+            return []
+        t0 = time.perf_counter_ns()
+        rgbs = [load_rgb(img) for img in images]
+        t1 = time.perf_counter_ns()
+        batch = self._street_buffer(len(rgbs))
+        for i, rgb in enumerate(rgbs):
+            street_input(rgb, self.image_size, out=batch[i])
+        t2 = time.perf_counter_ns()
+        query = self.backend.encode_street(batch)
+        t3 = time.perf_counter_ns()
+        results = self.zoom(query, beams)
+        shared = {"read_ms": _ms(t0, t1), "preprocess_ms": _ms(t1, t2), "encoder_ms": _ms(t2, t3), "batch": len(rgbs)}
+        for r in results:
+            r.timings = {**shared, **r.timings}
+            r.timings["total_ms"] = _ms(t0, time.perf_counter_ns())
+        return results
+
+    def zoom(self, query: np.ndarray, beams: int = 1) -> list[Localization]:
+        """The decoder loop from street embeddings ``query`` [B, D]: one Localization per row."""
+        t_start = time.perf_counter_ns()
+        query = np.asarray(query, dtype=np.float32)
+        n_queries, k, A, S = len(query), int(beams), self.n_actions, self.steps
+        if not 1 <= k <= A:
+            raise LocalizerError(f"beams must be between 1 and {A}, got {beams}")
+        n = n_queries * k
+        dec = self.backend.decoder(n)
+        dec.reset()
+        dec.query[...] = np.repeat(query, k, axis=0) if k > 1 else query
+        dec.prev_action[...] = 0
+        emb = self.store.embeddings
+        index = np.zeros(n, np.int64)  # each row's view index within the current level
+        paths = np.zeros((n, S), np.int64)
+        logps = np.zeros((n, S), np.float64)
+        scores = np.zeros(n, np.float64)
+        rows = np.arange(n)
+        tile_ns, step_ms = 0, []
+        for step in range(S):
+            t0 = time.perf_counter_ns()
+            base = self._offsets[step]
+            for r in range(n):
+                dec.view[r] = emb[base + index[r]]  # one memmap row -> the bound input buffer, fp16 -> fp32
+            dec.step[...] = step
+            t1 = time.perf_counter_ns()
+            logits = dec.run().astype(np.float64)
+            t2 = time.perf_counter_ns()
+            logp = logits - logits.max(axis=1, keepdims=True)
+            logp -= np.log(np.exp(logp).sum(axis=1, keepdims=True))
+            if k == 1:
+                action = logp.argmax(axis=1)
+                parents = None
+                chosen = logp[rows, action]
+                scores += chosen
+            else:
+                total = scores[:, None] + logp  # [n, A]
+                if step == 0:  # every beam holds the same prefix: expand only the first of each query
+                    total.reshape(n_queries, k, A)[:, 1:] = -np.inf
+                flat = total.reshape(n_queries, k * A)
+                top = np.argsort(-flat, axis=1, kind="stable")[:, :k]  # [Q, k], best first
+                parents = (np.arange(n_queries)[:, None] * k + top // A).ravel()
+                action = (top % A).ravel()
+                chosen = logp[parents, action]
+                scores = flat[np.arange(n_queries)[:, None], top].ravel()
+                paths, logps, index = paths[parents], logps[parents], index[parents]
+            paths[:, step] = action
+            logps[:, step] = chosen
+            index = index * A + action
+            dec.prev_action[...] = action
+            if step < S - 1:
+                dec.advance(parents)
+            t3 = time.perf_counter_ns()
+            tile_ns += t1 - t0
+            step_ms.append(_ms(t1, t2))  # the decoder call itself; t2..t3 is the search bookkeeping
+        centres = self.region.path_center(paths)
+        t_end = time.perf_counter_ns()
+        timings = {"tiles_ms": tile_ns / 1e6, "decoder_steps_ms": step_ms, "decoder_ms": float(sum(step_ms)),
+                   "zoom_ms": _ms(t_start, t_end)}
+        results = []
+        for q in range(n_queries):
+            cands = [Candidate(float(centres[r, 0]), float(centres[r, 1]), paths[r].tolist(), float(scores[r]),
+                               float(np.exp(scores[r]))) for r in range(q * k, (q + 1) * k)]
+            best = q * k
+            results.append(Localization(
+                latitude=cands[0].latitude, longitude=cands[0].longitude, path=cands[0].path,
+                step_probs=np.exp(logps[best]).tolist(), confidence=cands[0].probability,
+                candidates=cands if k > 1 else [], timings=dict(timings)))
+        return results
+
+    # ---- helpers ---------------------------------------------------------------------------------
+    def _street_buffer(self, batch: int) -> np.ndarray:
+        if batch not in self._street:
+            self._street[batch] = np.empty((batch, self.image_size, 2 * self.image_size, 3), np.uint8)
+        return self._street[batch]
+
+    def describe(self) -> str:
+        r = self.region
+        return (f"{self.backend.describe()}; store {self.store.path.name}: {r.steps} steps over "
+                f"{r.size_m / 1000:g} km, {r.cell_size_m:.2f} m cells, {self.store.dtype}")
+
+
+def _check_pair(manifest: dict, store: TileStore) -> None:
+    """Refuse a store that this bundle cannot read, naming what differs."""
+    r = store.region
+    if store.encoder_id != manifest["encoder_id"]:
+        raise LocalizerError(
+            f"{store.path}: built by encoder {store.encoder_id[:12]}, but the bundle's encoder is "
+            f"{str(manifest['encoder_id'])[:12]}; rebuild it with jzi-tiles build --engine BUNDLE")
+    if store.dim != int(manifest["width"]):
+        raise LocalizerError(f"{store.path}: embeddings are {store.dim}-wide, the bundle's decoder takes {manifest['width']}")
+    if (r.grid, r.steps) != (int(manifest["grid"]), int(manifest["steps"])):
+        raise LocalizerError(f"{store.path}: a {r.grid}x{r.grid} grid over {r.steps} steps, the bundle's decoder "
+                             f"zooms {manifest['grid']}x{manifest['grid']} over {manifest['steps']} steps")
+    if r.view_px != int(manifest["image_size"]):
+        raise LocalizerError(f"{store.path}: views rendered at {r.view_px} px, the bundle's encoder takes "
+                             f"{manifest['image_size']} px")
+
