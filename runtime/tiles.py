@@ -325,6 +325,19 @@ def _replace_dir(src: Path, dst: Path) -> None:
         old.unlink()
 
 
+def view_geometry(region: Region, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Centres [n, 2] and sides [n] in metres of the views at store ``rows``."""
+    rows = np.asarray(rows, dtype=np.int64)
+    offsets = np.array([region.level_offset(lvl) for lvl in range(region.steps + 1)])
+    levels = np.searchsorted(offsets, rows, side="right") - 1
+    centres = np.empty((len(rows), 2))
+    for lvl in np.unique(levels):
+        sel = levels == lvl
+        paths = region.index_path(int(lvl), rows[sel] - offsets[lvl])
+        centres[sel] = region.path_center(paths) if lvl else region.center
+    return centres, region.level_size_m(levels)
+
+
 def build_store(out, bundle_dir, source, *, backend: str = "auto", threads: int | None = None,
                 dtype: str = "float16", batch: int = 32, thumb_px: int = 0, region: Region | None = None,
                 force: bool = False, progress: bool = True) -> Path:
@@ -344,16 +357,11 @@ def build_store(out, bundle_dir, source, *, backend: str = "auto", threads: int 
                              f"{manifest['grid']}/{manifest['steps']}")
     src = open_source(source)
     engine = open_backend(bundle_dir, manifest, backend=backend, threads=threads)
-    levels = np.array([lvl for lvl in range(region.steps) for _ in range(region.n_views(lvl))])
     px = region.view_px
 
     def produce(rows: np.ndarray):
-        views = np.empty((len(rows), px, px, 3), np.uint8)
-        for i, row in enumerate(rows):
-            lvl = int(levels[row])
-            path = region.index_path(lvl, row - region.level_offset(lvl))
-            centre = region.path_center(path) if lvl else region.center
-            views[i] = src.render(centre, float(region.level_size_m(lvl)), px)
+        centres, sizes = view_geometry(region, rows)
+        views = src.render_many(centres, sizes, px)
         return engine.encode_views(views), views
 
     meta = {"encoder_precision": manifest["precision"], "source": str(source)}
