@@ -95,16 +95,11 @@ def tensor_names(manifest: dict, graph: str) -> tuple[list[str], list[str]]:
 
 
 def engine_roles(manifest: dict) -> dict[str, str] | None:
-    """Bundle file roles of the TensorRT engines for the three graphs, or None when the bundle has none."""
+    """Bundle file roles (``{graph}_engine``, written by jzi-export --trt) of the three TensorRT engines,
+    or None when the bundle has none."""
     files = manifest.get("files", {})
-    roles = {}
-    for graph in ("view_encoder", "street_encoder", "decoder"):
-        found = [r for r, e in files.items() if r != graph and r.startswith(graph) and isinstance(e, dict)
-                 and str(e.get("path", "")).endswith((".engine", ".plan"))]
-        if not found:
-            return None
-        roles[graph] = found[0]
-    return roles
+    roles = {graph: f"{graph}_engine" for graph in ("view_encoder", "street_encoder", "decoder")}
+    return roles if all(role in files for role in roles.values()) else None
 
 
 def available_backends(manifest: dict) -> dict[str, str]:

@@ -1,0 +1,128 @@
+"""Shared, disk-cached artefacts for the runtime tests: a random-weight tiny bundle, a small GeoTIFF
+over the default region, tile stores built from it, and query photos.
+
+Each builder writes under pytest's session base temp directory and reuses what is already there,
+so the test modules that import these fixtures pay for each artefact once per session.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jzi.runtime.geometry import Region, move_en
+
+SEED = 0
+TIFF_PX = 1024
+MARGIN_M = 400.0
+
+
+def _smooth_noise(rng, px: int) -> np.ndarray:
+    """Colourful structure at several scales, so that views at every level differ."""
+    import cv2
+
+    img = np.zeros((px, px, 3), np.float32)
+    for cells, amp in ((4, 90), (16, 60), (64, 40), (256, 25)):
+        small = rng.random((cells, cells, 3)).astype(np.float32)
+        img += amp * cv2.resize(small, (px, px), interpolation=cv2.INTER_CUBIC)
+    img -= img.min()
+    return (255 * img / img.max()).astype(np.uint8)
+
+
+def make_checkpoint(path: Path) -> Path:
+    import torch
+
+    from jzi.export.checkpoint import save_checkpoint
+    from jzi.export.config import get_preset
+    from jzi.export.model import JustZoomIn
+
+    if not path.exists():
+        torch.manual_seed(SEED)
+        save_checkpoint(JustZoomIn(get_preset("tiny")).eval(), path)
+    return path
+
+
+def make_bundle(base: Path, precision: str = "fp32") -> Path:
+    from jzi.export.onnx_export import export_bundle
+
+    out = base / f"bundle_{precision}"
+    if not out.exists():
+        export_bundle(make_checkpoint(base / "tiny.pt"), out, precision=precision, log=lambda *a, **k: None)
+    return out
+
+
+def make_geotiff(base: Path) -> Path:
+    """An EPSG:4326 GeoTIFF covering the default region plus a margin."""
+    import rasterio
+    from rasterio.transform import from_bounds
+
+    path = base / "region.tif"
+    if path.exists():
+        return path
+    region = Region.default()
+    half = region.size_m / 2 + MARGIN_M
+    north = move_en(region.center, 0.0, half)[0]
+    south = move_en(region.center, 0.0, -half)[0]
+    east = move_en(region.center, half, 0.0)[1]
+    west = move_en(region.center, -half, 0.0)[1]
+    img = _smooth_noise(np.random.default_rng(SEED), TIFF_PX)
+    tmp = base / ".region.tif.tmp"
+    with rasterio.open(tmp, "w", driver="GTiff", width=TIFF_PX, height=TIFF_PX, count=3, dtype="uint8",
+                       crs="EPSG:4326", transform=from_bounds(west, south, east, north, TIFF_PX, TIFF_PX)) as ds:
+        ds.write(np.moveaxis(img, -1, 0))
+    tmp.replace(path)
+    return path
+
+
+def make_store(base: Path, bundle: Path, dtype: str = "float32", thumbs: int = 0) -> Path:
+    from jzi.runtime.tiles import build_store
+
+    out = base / f"store_{dtype}_{thumbs}.jzt"
+    if not out.exists():
+        build_store(out, bundle, make_geotiff(base), backend="ort-cpu", dtype=dtype, batch=256, thumb_px=thumbs,
+                    progress=False)
+    return out
+
+
+def make_photos(base: Path, n: int, seed: int = 1) -> list[np.ndarray]:
+    """Street-photo stand-ins: wide crops of the imagery around random places (uint8 RGB [96, 200, 3])."""
+    from jzi.runtime.imagery import open_source
+
+    src = open_source(make_geotiff(base))
+    region = Region.default()
+    rng = np.random.default_rng(seed)
+    photos = []
+    for _ in range(n):
+        east, north = rng.uniform(-0.45, 0.45, size=2) * region.size_m
+        centre = move_en(region.center, east, north)
+        view = src.render(centre, float(rng.uniform(150, 2500)), 100)
+        photos.append(np.concatenate([view, view[:, ::-1]], axis=1)[: 96])
+    return photos
+
+
+@pytest.fixture(scope="session")
+def rt_base(tmp_path_factory) -> Path:
+    base = tmp_path_factory.getbasetemp() / "jzi_runtime"
+    base.mkdir(exist_ok=True)
+    return base
+
+
+@pytest.fixture(scope="session")
+def bundle(rt_base) -> Path:
+    return make_bundle(rt_base)
+
+
+@pytest.fixture(scope="session")
+def geotiff(rt_base) -> Path:
+    return make_geotiff(rt_base)
+
+
+@pytest.fixture(scope="session")
+def store32(rt_base, bundle) -> Path:
+    return make_store(rt_base, bundle, "float32")
+
+
+@pytest.fixture(scope="session")
+def store16_thumbs(rt_base, bundle) -> Path:
+    return make_store(rt_base, bundle, "float16", thumbs=16)

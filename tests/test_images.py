@@ -1,0 +1,110 @@
+"""Image decoding: formats, EXIF orientation, grey/RGBA/16-bit, the pixel cap, clear errors."""
+import struct
+
+import cv2
+import numpy as np
+import pytest
+
+from jzi.runtime.images import ImageError, decode_image, header_size, load_rgb, read_image, street_input
+
+
+def _encode(ext: str, img: np.ndarray, params=()) -> bytes:
+    ok, buf = cv2.imencode(ext, img, list(params))
+    assert ok
+    return buf.tobytes()
+
+
+def _two_colour_rgb(h=20, w=40) -> np.ndarray:
+    """Left half red, right half blue (RGB)."""
+    img = np.zeros((h, w, 3), np.uint8)
+    img[:, : w // 2] = (255, 0, 0)
+    img[:, w // 2:] = (0, 0, 255)
+    return img
+
+
+def _with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
+    """Insert an APP1 EXIF segment holding only the Orientation tag right after SOI."""
+    tiff = b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", 1)
+    tiff += struct.pack("<HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack("<I", 0)
+    payload = b"Exif\x00\x00" + tiff
+    app1 = b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
+    return jpeg[:2] + app1 + jpeg[2:]
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".png", ".webp", ".tiff", ".bmp"])
+def test_formats_decode_to_rgb_and_headers_give_the_size(ext):
+    rgb = _two_colour_rgb(24, 40)
+    data = _encode(ext, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    assert header_size(data) == (40, 24)
+    out = decode_image(data)
+    assert out.shape == (24, 40, 3) and out.dtype == np.uint8
+    # red on the left, blue on the right, in RGB order (lossy formats: only roughly)
+    assert out[12, 5, 0] > 200 and out[12, 5, 2] < 60
+    assert out[12, 35, 2] > 200 and out[12, 35, 0] < 60
+
+
+def test_exif_orientation_is_honoured():
+    rgb = _two_colour_rgb(20, 40)
+    jpeg = _encode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 100])
+    plain = decode_image(jpeg)
+    assert plain.shape == (20, 40, 3)
+    rotated = decode_image(_with_exif_orientation(jpeg, 6))  # 6: rotate 90 degrees clockwise to display
+    assert rotated.shape == (40, 20, 3)
+    # after a clockwise turn the left (red) half is on top
+    assert rotated[5, 10, 0] > 200 and rotated[35, 10, 2] > 200
+
+
+def test_grey_rgba_and_16bit_become_8bit_rgb():
+    grey = (np.arange(100, dtype=np.uint8).reshape(10, 10) * 2)
+    out = decode_image(_encode(".png", grey))
+    assert out.shape == (10, 10, 3) and (out[..., 0] == grey).all() and (out[..., 2] == grey).all()
+
+    rgba = np.zeros((10, 10, 4), np.uint8)
+    rgba[..., 2] = 200  # BGRA: red channel
+    rgba[..., 3] = 30  # mostly transparent: alpha is dropped, the colour kept
+    out = decode_image(_encode(".png", rgba))
+    assert out.shape == (10, 10, 3) and (out[..., 0] == 200).all() and (out[..., 1:] == 0).all()
+
+    deep = np.full((10, 10, 3), 65535, np.uint16)
+    deep[:5] = 257 * 100
+    out = decode_image(_encode(".png", deep))
+    assert out.dtype == np.uint8 and (out[:5] == 100).all() and (out[5:] == 255).all()
+    deep_grey = np.full((8, 8), 257 * 7, np.uint16)
+    assert (decode_image(_encode(".tiff", deep_grey)) == 7).all()
+
+
+def test_pixel_cap_refuses_before_decoding():
+    png = bytearray(_encode(".png", np.zeros((4, 4), np.uint8)))
+    png[16:24] = struct.pack(">II", 100_000, 100_000)  # a header claiming 10 gigapixels
+    with pytest.raises(ImageError, match="over the cap"):
+        decode_image(bytes(png))
+    small = _encode(".jpg", np.zeros((50, 50, 3), np.uint8))
+    with pytest.raises(ImageError, match="over the cap"):
+        decode_image(small, max_pixels=2000)
+    assert decode_image(small, max_pixels=2500).shape == (50, 50, 3)
+
+
+def test_unreadable_files_are_one_clear_line(tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"this is not an image at all")
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    truncated = tmp_path / "trunc.jpg"
+    truncated.write_bytes(_encode(".jpg", np.zeros((40, 40, 3), np.uint8))[:10])
+    for path, why in [(bad, "not a readable image"), (empty, "empty file"), (tmp_path / "none.jpg", "cannot read"),
+                      (tmp_path, "directory"), (truncated, "JPEG|readable")]:
+        with pytest.raises(ImageError, match=why) as err:
+            read_image(path)
+        assert "\n" not in str(err.value) and str(path) in str(err.value)
+
+
+def test_arrays_and_street_input():
+    arr = np.random.default_rng(0).integers(0, 256, (30, 90, 4), dtype=np.uint8)
+    rgb = load_rgb(arr)
+    assert rgb.shape == (30, 90, 3) and (rgb == arr[..., :3]).all()
+    street = street_input(rgb, 16)
+    assert street.shape == (16, 32, 3) and street.dtype == np.uint8
+    out = np.zeros((16, 32, 3), np.uint8)
+    assert street_input(rgb, 16, out=out) is out and (out == street).all()
+    with pytest.raises(ImageError):
+        load_rgb(np.zeros((5, 5, 2), np.uint8))
