@@ -1,0 +1,247 @@
+"""Tile store: layout, atomic and resumable builds, validation of untrusted stores, jzi-tiles CLI."""
+import json
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from runtime_fixtures import bundle, geotiff, rt_base, store16_thumbs, store32  # noqa: F401
+
+from jzi.runtime import tiles as T
+from jzi.runtime.geometry import Region
+from jzi.runtime.tiles import TileStore, TileStoreError, verify_store, view_geometry, write_store
+
+SMALL = replace(Region.default(), steps=3, view_px=16)  # 1 + 16 + 256 = 273 views
+DIM = 8
+
+
+def _values(rows):
+    """Deterministic embeddings that encode the row number, so misplaced rows show."""
+    rows = np.asarray(rows, dtype=np.float32)
+    return np.stack([rows + i / 10 for i in range(DIM)], axis=1)
+
+
+def _produce(rows):
+    return _values(rows), np.full((len(rows), 16, 16, 3), 7, np.uint8)
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "jzi.runtime.tiles_cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_layout_rows_and_children_are_contiguous(tmp_path):
+    out = write_store(tmp_path / "s.jzt", SMALL, DIM, "enc", _produce, dtype="float32", batch=50, progress=False,
+                      thumb_px=4)
+    store = TileStore(out)
+    assert store.embeddings.shape == (273, DIM) and store.embeddings.dtype == np.dtype("<f4")
+    np.testing.assert_array_equal(store.embeddings, _values(np.arange(273)))
+    # the children of view (level 1, cell 5) are rows 17 + 5*16 .. 17 + 5*16 + 15
+    assert [store.row_of_path([5, c]) for c in range(16)] == list(range(17 + 80, 17 + 96))
+    assert store.row_of_path([]) == 0 and store.row_of_path([15]) == 16
+    assert store.pixels.shape == (273, 4, 4, 3) and (store.view_pixels([3]) == 7).all()
+    meta = json.loads((out / "tiles.json").read_text())
+    assert meta["levels"][2] == {"level": 2, "offset": 17, "count": 256, "size_m": 625.0,
+                                 "meters_per_pixel": 625.0 / 16}
+    # raw little-endian: a plain reader with only the JSON gets the same numbers
+    raw = np.fromfile(out / meta["files"]["embeddings"]["path"], dtype="<f4").reshape(meta["files"]["embeddings"]["shape"])
+    np.testing.assert_array_equal(raw, store.embeddings)
+    assert not (tmp_path / "s.jzt.partial").exists()
+
+
+def test_fp16_store_and_view_geometry(tmp_path):
+    out = write_store(tmp_path / "h.jzt", SMALL, DIM, "enc", _produce, progress=False)
+    store = TileStore(out)
+    assert store.dtype == "float16" and (out / "embeddings.f16").stat().st_size == 273 * DIM * 2
+    np.testing.assert_allclose(store.embeddings, _values(np.arange(273)), rtol=1e-3)
+    centres, sizes = view_geometry(SMALL, np.array([0, 1, 17 + 16 * 3 + 2]))
+    np.testing.assert_allclose(centres[1], SMALL.path_center([0]))
+    np.testing.assert_allclose(centres[2], SMALL.path_center([3, 2]))
+    np.testing.assert_allclose(sizes, [10000, 2500, 625])
+
+
+def test_interrupted_build_resumes_and_only_does_the_rest(tmp_path):
+    calls = []
+
+    def dies_after_three(rows):
+        calls.append(rows.copy())
+        if len(calls) > 3:
+            raise KeyboardInterrupt
+        return _produce(rows)
+
+    with pytest.raises(KeyboardInterrupt):
+        write_store(tmp_path / "r.jzt", SMALL, DIM, "enc", dies_after_three, batch=40, progress=False)
+    assert not (tmp_path / "r.jzt").exists()
+    progress = json.loads((tmp_path / "r.jzt.partial" / "progress.json").read_text())
+    assert progress["rows_done"] == 120
+
+    resumed = []
+    out = write_store(tmp_path / "r.jzt", SMALL, DIM, "enc", lambda r: (resumed.append(r), _produce(r))[1],
+                      batch=40, progress=False)
+    assert resumed[0][0] == 120 and sum(map(len, resumed)) == 273 - 120
+    np.testing.assert_allclose(TileStore(out).embeddings, _values(np.arange(273)), rtol=1e-3)
+    assert not (tmp_path / "r.jzt.partial").exists()
+
+    # a partial build made with other settings is refused, then discarded with force
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        write_store(tmp_path / "q.jzt", SMALL, DIM, "enc", dies_after_three, batch=40, progress=False)
+    with pytest.raises(TileStoreError, match="other settings"):
+        write_store(tmp_path / "q.jzt", SMALL, DIM, "other-encoder", _produce, progress=False)
+    write_store(tmp_path / "q.jzt", SMALL, DIM, "other-encoder", _produce, progress=False, force=True)
+    assert TileStore(tmp_path / "q.jzt").encoder_id == "other-encoder"
+    with pytest.raises(TileStoreError, match="exists"):
+        write_store(tmp_path / "q.jzt", SMALL, DIM, "enc", _produce, progress=False)
+
+
+def _corrupt(tmp_path, edit):
+    """A copy of a good store with ``edit(store_dir, index_dict)`` applied (the index is rewritten)."""
+    src = write_store(tmp_path / "ok.jzt", SMALL, DIM, "enc", _produce, progress=False)
+    dst = tmp_path / "bad.jzt"
+    shutil.copytree(src, dst)
+    meta = json.loads((dst / "tiles.json").read_text())
+    edit(dst, meta)
+    (dst / "tiles.json").write_text(json.dumps(meta))
+    return dst
+
+
+@pytest.mark.parametrize("edit, why", [
+    (lambda d, m: m["files"]["embeddings"].update(path="../../etc/passwd"), "plain file name"),
+    (lambda d, m: m["files"]["embeddings"].update(shape=[273, 4]), "shape"),
+    (lambda d, m: m["files"]["embeddings"].update(dtype="float64"), "dtype"),
+    (lambda d, m: m.update(steps=5), "region does not agree"),
+    (lambda d, m: m.update(dim=-3), "'dim'"),
+    (lambda d, m: m["levels"][1].update(offset=3), "levels"),
+    (lambda d, m: m.update(format_version=99), "format_version"),
+    (lambda d, m: m.pop("encoder_id"), "encoder_id"),
+    (lambda d, m: m["files"].update(extra={"path": "x"}), "unknown file role"),
+    (lambda d, m: (d / "embeddings.f16").write_bytes(b"\0" * 100), "truncated"),
+])
+def test_untrusted_stores_are_refused_with_one_line(tmp_path, edit, why):
+    with pytest.raises(TileStoreError, match=why) as err:
+        TileStore(_corrupt(tmp_path, edit))
+    assert "\n" not in str(err.value)
+
+
+def test_not_json_and_not_a_store(tmp_path):
+    bad = tmp_path / "j.jzt"
+    bad.mkdir()
+    (bad / "tiles.json").write_text("{nope")
+    with pytest.raises(TileStoreError, match="not valid JSON"):
+        TileStore(bad)
+    (bad / "tiles.json").write_text("[1, 2]")
+    with pytest.raises(TileStoreError, match="not a jzi tile store"):
+        TileStore(bad)
+    with pytest.raises(TileStoreError, match="no tiles.json"):
+        TileStore(tmp_path)
+
+
+def test_verify_catches_edited_bytes_and_nan(tmp_path):
+    good = write_store(tmp_path / "v.jzt", SMALL, DIM, "enc", _produce, dtype="float32", progress=False)
+    assert verify_store(good)["ok"]
+    arr = np.memmap(good / "embeddings.f32", dtype="<f4", mode="r+", shape=(273, DIM))
+    arr[100, 3] = 1.5  # same size, different bytes: open() accepts it, verify() does not
+    arr.flush()
+    del arr
+    TileStore(good)
+    with pytest.raises(TileStoreError, match="sha256"):
+        verify_store(good)
+    with pytest.raises(TileStoreError, match="non-finite"):
+        write_store(tmp_path / "n.jzt", SMALL, DIM, "enc",
+                    lambda r: (np.where(r[:, None] == 200, np.nan, _values(r)), None), progress=False)
+
+
+def test_open_is_fast_even_for_a_deep_store(tmp_path):
+    deep = replace(Region.default(), steps=5, view_px=16)  # 69905 views
+    out = write_store(tmp_path / "d.jzt", deep, 4, "enc", lambda r: (np.ones((len(r), 4)), None), batch=1 << 16,
+                      progress=False)
+    TileStore(out)
+    t0 = time.perf_counter()
+    for _ in range(20):
+        store = TileStore(out)
+    per_open_ms = (time.perf_counter() - t0) / 20 * 1e3
+    assert per_open_ms < 50, per_open_ms
+    assert store.total_views == 69905 and store.embeddings.shape == (69905, 4)
+
+
+def test_store_from_imagery_matches_the_encoder(bundle, geotiff, store32):  # noqa: F811
+    """Rows hold the bundle's embedding of the view rendered at that row's cell."""
+    from jzi.runtime.backends import open_backend
+    from jzi.runtime.bundle import load_manifest
+    from jzi.runtime.imagery import open_source
+
+    store = TileStore(store32)
+    man = load_manifest(bundle)
+    assert store.encoder_id == man["encoder_id"] and store.dim == man["width"]
+    backend = open_backend(bundle, man, "ort-cpu", threads=1)
+    src = open_source(geotiff)
+    region = store.region
+    for path in ([], [6], [6, 9], [15, 0, 3]):
+        lvl = len(path)
+        view = src.render(region.path_center(path) if path else region.center, region.level_size_m(lvl), region.view_px)
+        expected = backend.encode_views(view[None])[0]
+        np.testing.assert_allclose(store.embeddings[store.row_of_path(path)], expected, rtol=1e-4, atol=1e-5)
+    assert verify_store(store32)["ok"]
+
+
+def test_cli_build_info_verify_and_errors(tmp_path, bundle, geotiff):  # noqa: F811
+    out = tmp_path / "cli.jzt"
+    r = _cli("build", "--engine", bundle, "--source", geotiff, "-o", out, "--dtype", "fp32", "--batch", "512",
+             "--thumbs", "8")
+    assert r.returncode == 0, r.stderr
+    assert "4369 views" in r.stdout and "view/s" in r.stderr  # progress bar with a rate
+    info = json.loads(_cli("info", out, "--json").stdout)
+    assert info["total_views"] == 4369 and info["dtype"] == "float32" and info["files"]["pixels"]["shape"] == [4369, 8, 8, 3]
+    r = _cli("verify", out, "--engine", bundle)
+    assert r.returncode == 0 and "OK" in r.stdout
+
+    again = _cli("build", "--engine", bundle, "--source", geotiff, "-o", out)
+    assert again.returncode != 0 and "exists" in again.stderr and "Traceback" not in again.stderr
+    for args, why in [
+        (("build", "--engine", tmp_path / "nobundle", "--source", geotiff, "-o", tmp_path / "x.jzt"), "bundle"),
+        (("build", "--engine", bundle, "--source", tmp_path / "nothing.tif", "-o", tmp_path / "x.jzt"), "nothing.tif"),
+        (("build", "--engine", bundle, "--source", geotiff, "-o", tmp_path / "x.jzt", "--backend", "tensorrt"),
+         "TensorRT|tensorrt"),
+        (("info", tmp_path / "nostore.jzt"), "not a tile store"),
+    ]:
+        r = _cli(*args)
+        assert r.returncode != 0 and re_search(why, r.stderr), r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert not (tmp_path / "x.jzt").exists() and not (tmp_path / "x.jzt.partial").exists()
+
+
+def test_cli_resumes_an_interrupted_build(tmp_path, bundle, geotiff, monkeypatch):  # noqa: F811
+    """A build killed part-way (here: an interrupt from the imagery source) is finished by the same command."""
+    import jzi.runtime.imagery as imagery
+
+    real_open = imagery.open_source
+
+    class Dying:
+        def __init__(self, src):
+            self.src, self.calls = src, 0
+
+        def render_many(self, *a, **k):
+            self.calls += 1
+            if self.calls > 2:
+                raise KeyboardInterrupt
+            return self.src.render_many(*a, **k)
+
+    monkeypatch.setattr(imagery, "open_source", lambda spec: Dying(real_open(spec)))
+    out = tmp_path / "resume.jzt"
+    with pytest.raises(KeyboardInterrupt):
+        T.build_store(out, bundle, str(geotiff), batch=100, progress=False, backend="ort-cpu")
+    assert json.loads((tmp_path / "resume.jzt.partial" / "progress.json").read_text())["rows_done"] == 200
+    monkeypatch.undo()
+    r = _cli("build", "--engine", bundle, "--source", str(geotiff), "-o", out, "--batch", "100")
+    assert r.returncode == 0, r.stderr
+    assert " 200/4369" in r.stderr or "200/4369" in r.stderr  # the bar starts where the last run stopped
+    assert verify_store(out)["ok"] and not (tmp_path / "resume.jzt.partial").exists()
+
+
+def re_search(pattern, text):
+    import re
+
+    return re.search(pattern, text) is not None
