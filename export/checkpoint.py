@@ -99,7 +99,9 @@ def read_torch_file(path) -> object:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         text = str(e)
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        # "Unsupported global: GLOBAL x.y" (not allow-listed) or "unsupported GLOBAL os.system whose module
+        # os is blocked" (torch >= 2.6 for modules that can run code)
+        found = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]+)", text, re.IGNORECASE)
         if found:
             what = f" ({found.group(1)})"
             raise CheckpointError(f"{path}: refused, the file holds pickled code or objects{what}, not just tensors; "
