@@ -1,5 +1,5 @@
 """Shared, disk-cached artefacts for the runtime tests: a random-weight tiny bundle, a small GeoTIFF
-over the default region, tile stores built from it, and query photos.
+over the default region, an fp32 tile store built from it (and its fp16 twin), and query photos.
 
 Each builder writes under pytest's session base temp directory and reuses what is already there,
 so the test modules that import these fixtures pay for each artefact once per session.
@@ -75,13 +75,25 @@ def make_geotiff(base: Path) -> Path:
     return path
 
 
-def make_store(base: Path, bundle: Path, dtype: str = "float32", thumbs: int = 0) -> Path:
+def make_store(base: Path, bundle: Path) -> Path:
+    """The fp32 store of the bundle over the GeoTIFF, built from the imagery."""
     from jzi.runtime.tiles import build_store
 
-    out = base / f"store_{dtype}_{thumbs}.jzt"
+    out = base / "store_float32.jzt"
     if not out.exists():
-        build_store(out, bundle, make_geotiff(base), backend="ort-cpu", dtype=dtype, batch=256, thumb_px=thumbs,
-                    progress=False)
+        build_store(out, bundle, make_geotiff(base), backend="ort-cpu", dtype="float32", batch=512, progress=False)
+    return out
+
+
+def make_fp16_store(base: Path, bundle: Path) -> Path:
+    """The same embeddings rounded to fp16 (what a default fp16 build writes), without re-encoding."""
+    from jzi.runtime.tiles import TileStore, write_store
+
+    out = base / "store_float16.jzt"
+    if not out.exists():
+        src = TileStore(make_store(base, bundle))
+        write_store(out, src.region, src.dim, src.encoder_id, lambda rows: (src.embeddings[rows], None),
+                    dtype="float16", batch=1 << 16, meta={"source": "fp32 store"}, progress=False)
     return out
 
 
@@ -120,9 +132,9 @@ def geotiff(rt_base) -> Path:
 
 @pytest.fixture(scope="session")
 def store32(rt_base, bundle) -> Path:
-    return make_store(rt_base, bundle, "float32")
+    return make_store(rt_base, bundle)
 
 
 @pytest.fixture(scope="session")
-def store16_thumbs(rt_base, bundle) -> Path:
-    return make_store(rt_base, bundle, "float16", thumbs=16)
+def store16(rt_base, bundle) -> Path:
+    return make_fp16_store(rt_base, bundle)

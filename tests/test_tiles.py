@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from runtime_fixtures import bundle, geotiff, rt_base, store16_thumbs, store32  # noqa: F401
+from runtime_fixtures import bundle, geotiff, rt_base, store32  # noqa: F401
 
 from jzi.runtime import tiles as T
 from jzi.runtime.geometry import Region
@@ -187,33 +187,7 @@ def test_store_from_imagery_matches_the_encoder(bundle, geotiff, store32):  # no
     assert verify_store(store32)["ok"]
 
 
-def test_cli_build_info_verify_and_errors(tmp_path, bundle, geotiff):  # noqa: F811
-    out = tmp_path / "cli.jzt"
-    r = _cli("build", "--engine", bundle, "--source", geotiff, "-o", out, "--dtype", "fp32", "--batch", "512",
-             "--thumbs", "8")
-    assert r.returncode == 0, r.stderr
-    assert "4369 views" in r.stdout and "view/s" in r.stderr  # progress bar with a rate
-    info = json.loads(_cli("info", out, "--json").stdout)
-    assert info["total_views"] == 4369 and info["dtype"] == "float32" and info["files"]["pixels"]["shape"] == [4369, 8, 8, 3]
-    r = _cli("verify", out, "--engine", bundle)
-    assert r.returncode == 0 and "OK" in r.stdout
-
-    again = _cli("build", "--engine", bundle, "--source", geotiff, "-o", out)
-    assert again.returncode != 0 and "exists" in again.stderr and "Traceback" not in again.stderr
-    for args, why in [
-        (("build", "--engine", tmp_path / "nobundle", "--source", geotiff, "-o", tmp_path / "x.jzt"), "bundle"),
-        (("build", "--engine", bundle, "--source", tmp_path / "nothing.tif", "-o", tmp_path / "x.jzt"), "nothing.tif"),
-        (("build", "--engine", bundle, "--source", geotiff, "-o", tmp_path / "x.jzt", "--backend", "tensorrt"),
-         "TensorRT|tensorrt"),
-        (("info", tmp_path / "nostore.jzt"), "not a tile store"),
-    ]:
-        r = _cli(*args)
-        assert r.returncode != 0 and re_search(why, r.stderr), r.stderr
-        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
-    assert not (tmp_path / "x.jzt").exists() and not (tmp_path / "x.jzt.partial").exists()
-
-
-def test_cli_resumes_an_interrupted_build(tmp_path, bundle, geotiff, monkeypatch):  # noqa: F811
+def test_cli_build_resumes_an_interrupted_build_then_info_verify(tmp_path, bundle, geotiff, store32, monkeypatch):  # noqa: F811
     """A build killed part-way (here: an interrupt from the imagery source) is finished by the same command."""
     import jzi.runtime.imagery as imagery
 
@@ -230,15 +204,42 @@ def test_cli_resumes_an_interrupted_build(tmp_path, bundle, geotiff, monkeypatch
             return self.src.render_many(*a, **k)
 
     monkeypatch.setattr(imagery, "open_source", lambda spec: Dying(real_open(spec)))
-    out = tmp_path / "resume.jzt"
+    out = tmp_path / "cli.jzt"
     with pytest.raises(KeyboardInterrupt):
-        T.build_store(out, bundle, str(geotiff), batch=100, progress=False, backend="ort-cpu")
-    assert json.loads((tmp_path / "resume.jzt.partial" / "progress.json").read_text())["rows_done"] == 200
+        T.build_store(out, bundle, str(geotiff), dtype="float32", thumb_px=8, batch=100, progress=False,
+                      backend="ort-cpu")
+    assert json.loads((tmp_path / "cli.jzt.partial" / "progress.json").read_text())["rows_done"] == 200
     monkeypatch.undo()
-    r = _cli("build", "--engine", bundle, "--source", str(geotiff), "-o", out, "--batch", "100")
+    r = _cli("build", "--engine", bundle, "--source", str(geotiff), "-o", out, "--dtype", "fp32", "--thumbs", "8",
+             "--batch", "100")
     assert r.returncode == 0, r.stderr
-    assert " 200/4369" in r.stderr or "200/4369" in r.stderr  # the bar starts where the last run stopped
-    assert verify_store(out)["ok"] and not (tmp_path / "resume.jzt.partial").exists()
+    assert "4369 views" in r.stdout and "view/s" in r.stderr  # progress bar with a rate
+    assert "200/4369" in r.stderr  # the bar starts where the last run stopped
+    assert not (tmp_path / "cli.jzt.partial").exists()
+    # the resumed store holds exactly what an uninterrupted build holds
+    np.testing.assert_allclose(TileStore(out).embeddings, TileStore(store32).embeddings, rtol=1e-5, atol=1e-6)
+
+    info = json.loads(_cli("info", out, "--json").stdout)
+    assert info["total_views"] == 4369 and info["dtype"] == "float32" and info["files"]["pixels"]["shape"] == [4369, 8, 8, 3]
+    r = _cli("verify", out, "--engine", bundle)
+    assert r.returncode == 0 and "OK" in r.stdout
+
+
+def test_cli_errors_are_one_line(tmp_path, bundle, geotiff, store32):  # noqa: F811
+    again = _cli("build", "--engine", bundle, "--source", geotiff, "-o", store32)
+    assert again.returncode != 0 and "exists" in again.stderr and "Traceback" not in again.stderr
+    for args, why in [
+        (("build", "--engine", tmp_path / "nobundle", "--source", geotiff, "-o", tmp_path / "x.jzt"), "bundle"),
+        (("build", "--engine", bundle, "--source", tmp_path / "nothing.tif", "-o", tmp_path / "x.jzt"), "nothing.tif"),
+        (("build", "--engine", bundle, "--source", geotiff, "-o", tmp_path / "x.jzt", "--backend", "tensorrt"),
+         "tensorrt backend not available"),
+        (("info", tmp_path / "nostore.jzt"), "not a tile store"),
+        (("verify", store32, "--engine", tmp_path / "nobundle"), "bundle"),
+    ]:
+        r = _cli(*args)
+        assert r.returncode != 0 and re_search(why, r.stderr), r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert not (tmp_path / "x.jzt").exists() and not (tmp_path / "x.jzt.partial").exists()
 
 
 def re_search(pattern, text):
