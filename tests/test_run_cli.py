@@ -1,0 +1,128 @@
+"""jzi-run as a user runs it: photos, folders, CSVs with truth, --json, --geojson, --viz, bad input."""
+import csv
+import json
+import re
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+from runtime_fixtures import bundle, geotiff, make_photos, rt_base, store16, store32  # noqa: F401
+
+from jzi.runtime.geometry import distance_m
+from jzi.runtime.localizer import Localizer
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "jzi.runtime.run_cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory, rt_base):  # noqa: F811
+    """Photos in the authors' layout: metadata/test.csv + streetview/images/{id}_undistorted.jpg."""
+    root = tmp_path_factory.mktemp("dataset")
+    (root / "streetview" / "images").mkdir(parents=True)
+    (root / "metadata").mkdir()
+    rng = np.random.default_rng(3)
+    rows = []
+    for i, photo in enumerate(make_photos(rt_base, 6, seed=5)):
+        image_id = f"q{i:03d}"
+        cv2.imwrite(str(root / "streetview" / "images" / f"{image_id}_undistorted.jpg"),
+                    cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+        lat, lon = 38.8936 + rng.uniform(-0.03, 0.03), -76.9886 + rng.uniform(-0.03, 0.03)
+        rows.append({"image_id": image_id, "latitude": f"{lat:.7f}", "longitude": f"{lon:.7f}",
+                     "sequence": "[0, 0, 0, 0]"})
+    with open(root / "metadata" / "test.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return root
+
+
+def test_csv_with_truth_prints_errors_and_recall(dataset, bundle, store32):  # noqa: F811
+    r = _run("--engine", bundle, "--tiles", store32, dataset / "metadata" / "test.csv", "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 7
+    loc = Localizer(bundle, store32, backend="ort-cpu", threads=1)
+    truth = list(csv.DictReader(open(dataset / "metadata" / "test.csv")))
+    errors = []
+    for line, row in zip(lines, truth):
+        m = re.match(r"^(\S+)  (-?[\d.]+), (-?[\d.]+)  error ([\d.]+) m", line)
+        assert m and m.group(1) == row["image_id"], line
+        expect = loc.localize(dataset / "streetview" / "images" / f"{row['image_id']}_undistorted.jpg")
+        assert float(m.group(2)) == pytest.approx(expect.latitude, abs=1e-6)
+        err = float(distance_m([expect.latitude, expect.longitude], [float(row["latitude"]), float(row["longitude"])]))
+        assert float(m.group(4)) == pytest.approx(err, abs=0.06)
+        errors.append(err)
+    r100 = 100 * np.mean(np.array(errors) <= 100)
+    assert lines[-1].startswith("6 photos with truth: R@40m") and f"R@100m {r100:.1f}%" in lines[-1]
+
+
+def test_json_geojson_and_beams(tmp_path, dataset, bundle, store32):  # noqa: F811
+    images = dataset / "streetview" / "images"
+    gj = tmp_path / "out" / "answers.geojson"
+    r = _run("--engine", bundle, "--tiles", store32, images, "--json", "--beams", "3", "--geojson", gj)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert len(doc["results"]) == 6 and doc["summary"] is None and doc["failed"] == 0
+    first = doc["results"][0]
+    assert len(first["candidates"]) == 3 and first["path"] == first["candidates"][0]["path"]
+    assert first["candidates"][0]["score"] >= first["candidates"][1]["score"] >= first["candidates"][2]["score"]
+    assert set(first["timings"]) >= {"encoder_ms", "decoder_steps_ms", "tiles_ms", "total_ms"}
+    geo = json.loads(gj.read_text())
+    assert geo["type"] == "FeatureCollection" and len(geo["features"]) == 6
+    pt = geo["features"][0]
+    assert pt["geometry"]["coordinates"] == pytest.approx([first["longitude"], first["latitude"]])
+    assert len(pt["properties"]["candidates"]) == 3
+
+
+def test_viz_draws_the_zoom_path(tmp_path, dataset, bundle, store16, geotiff):  # noqa: F811
+    out = tmp_path / "zoom.png"
+    photo = dataset / "streetview" / "images" / "q000_undistorted.jpg"
+    r = _run("--engine", bundle, "--tiles", store16, photo, "--viz", out)
+    assert r.returncode == 1 and "--thumbs" in r.stderr and not out.exists()  # no pixels in this store
+    r = _run("--engine", bundle, "--tiles", store16, dataset / "metadata" / "test.csv", "--viz", out,
+             "--source", geotiff)
+    assert r.returncode == 0, r.stderr
+    img = cv2.imread(str(out))
+    assert img is not None and img.shape[0] == 256 + 60 and img.shape[1] > 4 * 256
+    # the chosen-cell frames are drawn in the highlight colour, the truth marker in red
+    rgb = img[..., ::-1]
+    assert ((rgb == (255, 210, 0)).all(-1)).sum() > 500
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_bad_photos_are_one_line_each_and_the_rest_go_on(tmp_path, dataset, bundle, store32):  # noqa: F811
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    good = dataset / "streetview" / "images" / "q001_undistorted.jpg"
+    (folder / "a_good.jpg").write_bytes(good.read_bytes())
+    (folder / "b_broken.jpg").write_bytes(b"garbage")
+    (folder / "c_good.png").write_bytes(cv2.imencode(".png", cv2.imread(str(good)))[1].tobytes())
+    r = _run("--engine", bundle, "--tiles", store32, folder, tmp_path / "missing.jpg")
+    assert r.returncode == 1
+    assert len(r.stdout.strip().splitlines()) == 2 and "a_good.jpg" in r.stdout and "c_good.png" in r.stdout
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 2 and "b_broken.jpg" in err[0] and "missing.jpg" in err[1] and "Traceback" not in r.stderr
+
+    bad_csv = tmp_path / "bad.csv"
+    bad_csv.write_text("image_id,latitude,longitude\nq000,notanumber,1\n")
+    r = _run("--engine", bundle, "--tiles", store32, bad_csv)
+    assert r.returncode == 1 and "bad latitude/longitude" in r.stderr
+
+
+@pytest.mark.parametrize("args, why", [
+    (("--engine", "NOBUNDLE", "--tiles", "STORE", "PHOTO"), "not a bundle directory"),
+    (("--engine", "BUNDLE", "--tiles", "NOSTORE", "PHOTO"), "not a tile store"),
+    (("--engine", "BUNDLE", "--tiles", "STORE", "PHOTO", "--backend", "tensorrt"), "tensorrt backend not available"),
+    (("--engine", "BUNDLE", "--tiles", "STORE", "PHOTO", "--beams", "0"), "--beams"),
+])
+def test_bad_setup_is_one_clear_line(tmp_path, dataset, bundle, store32, args, why):  # noqa: F811
+    subst = {"NOBUNDLE": tmp_path / "nb", "BUNDLE": bundle, "STORE": store32, "NOSTORE": tmp_path / "ns",
+             "PHOTO": dataset / "streetview" / "images" / "q000_undistorted.jpg"}
+    r = _run(*[subst.get(a, a) for a in args])
+    assert r.returncode != 0 and why in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
