@@ -13,7 +13,21 @@ from jzi.runtime.backends import available_backends, open_backend
 from jzi.runtime.bundle import load_manifest
 from jzi.runtime.localizer import Localizer
 
-pytestmark = pytest.mark.gpu
+
+
+def _no_gpu_stack() -> str | None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        return None
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return "no GPU inference stack here: neither onnxruntime-gpu nor tensorrt is installed"
+    return None
+
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(_no_gpu_stack() is not None, reason=str(_no_gpu_stack()))]
 
 
 def _need(backend: str, manifest: dict) -> None:
