@@ -159,26 +159,17 @@ def load_rgb(image, max_pixels: int = MAX_PIXELS) -> np.ndarray:
 
 
 # ---- model inputs --------------------------------------------------------------------------------
-def resize(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Area averaging when shrinking (no aliasing), bilinear when enlarging."""
-    if rgb.shape[1] == width and rgb.shape[0] == height:
-        return rgb
-    shrinking = rgb.shape[1] > width or rgb.shape[0] > height
-    return cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
-
-
 def street_input(rgb: np.ndarray, image_size: int, out: np.ndarray | None = None) -> np.ndarray:
-    """A street photo stretched to image_size x 2*image_size (the graph splits it into two halves)."""
-    img = resize(rgb, 2 * image_size, image_size)
+    """A street photo stretched to image_size x 2*image_size (the graph splits it into two halves).
+
+    Area interpolation, as in training (``jzi.export.data.stretch_street``), so the runtime sees the
+    pixels the model was trained on.
+    """
+    img = cv2.resize(rgb, (2 * image_size, image_size), interpolation=cv2.INTER_AREA)
     if out is None:
         return img
     out[...] = img
     return out
-
-
-def view_input(rgb: np.ndarray, image_size: int) -> np.ndarray:
-    """A satellite view at image_size x image_size."""
-    return resize(rgb, image_size, image_size)
 
 
 def list_images(folder) -> list[Path]:
