@@ -67,7 +67,9 @@ class Localizer:
         self.manifest = load_manifest(bundle, verify=verify_bundle)
         self.store = tiles if isinstance(tiles, TileStore) else TileStore(tiles)
         _check_pair(self.manifest, self.store)
-        self.backend = backend if isinstance(backend, Backend) else open_backend(bundle, self.manifest, backend, threads)
+        if not isinstance(backend, Backend):  # localizing needs no view encoder: leave it unloaded
+            backend = open_backend(bundle, self.manifest, backend, threads, graphs=("street_encoder", "decoder"))
+        self.backend = backend
         self.region = self.store.region
         self.image_size = int(self.manifest["image_size"])
         self.n_actions = self.region.n_actions

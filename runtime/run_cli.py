@@ -164,7 +164,7 @@ def run(args) -> int:
             if not args.json:
                 line = f"{q.label}  {r.latitude:.6f}, {r.longitude:.6f}"
                 line += f"  error {err:.1f} m" if err is not None else ""
-                line += f"  confidence {r.confidence:.3f}"
+                line += f"  confidence {r.confidence:.3g}"
                 if r.candidates:
                     line += "  top-{}: {}".format(len(r.candidates), "; ".join(
                         f"{c.latitude:.6f}, {c.longitude:.6f} ({c.probability:.3f})" for c in r.candidates[1:]))

@@ -356,7 +356,7 @@ def build_store(out, bundle_dir, source, *, backend: str = "auto", threads: int 
         raise TileStoreError(f"the region's grid/steps {region.grid}/{region.steps} differ from the bundle's "
                              f"{manifest['grid']}/{manifest['steps']}")
     src = open_source(source)
-    engine = open_backend(bundle_dir, manifest, backend=backend, threads=threads)
+    engine = open_backend(bundle_dir, manifest, backend=backend, threads=threads, graphs=("view_encoder",))
     px = region.view_px
 
     def produce(rows: np.ndarray):

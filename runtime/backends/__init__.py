@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 BACKENDS = ("ort-cpu", "ort-cuda", "ort-trt", "tensorrt")
+GRAPHS = ("view_encoder", "street_encoder", "decoder")
 
 
 class BackendUnavailable(RuntimeError):
@@ -120,8 +121,13 @@ def available_backends(manifest: dict) -> dict[str, str]:
     return status
 
 
-def open_backend(bundle_dir, manifest: dict, backend: str = "auto", threads: int | None = None) -> Backend:
-    """The named backend, or with ``auto`` the first that works of tensorrt, ort-trt, ort-cuda, ort-cpu."""
+def open_backend(bundle_dir, manifest: dict, backend: str = "auto", threads: int | None = None,
+                 graphs=GRAPHS) -> Backend:
+    """The named backend, or with ``auto`` the first that works of tensorrt, ort-trt, ort-cuda, ort-cpu.
+
+    ``graphs`` are loaded now (localizing needs no view encoder, building a store only needs it);
+    any other graph is loaded on first use.
+    """
     if backend != "auto" and backend not in BACKENDS:
         raise BackendUnavailable(f"unknown backend {backend!r}; choose auto or one of {', '.join(BACKENDS)}")
     status = available_backends(manifest)
@@ -132,7 +138,7 @@ def open_backend(bundle_dir, manifest: dict, backend: str = "auto", threads: int
     if backend == "tensorrt":
         from .tensorrt import TensorRTBackend
 
-        return TensorRTBackend(bundle_dir, manifest)
+        return TensorRTBackend(bundle_dir, manifest, graphs=graphs)
     from .onnxrt import OnnxRuntimeBackend
 
-    return OnnxRuntimeBackend(bundle_dir, manifest, device=backend.split("-", 1)[1], threads=threads)
+    return OnnxRuntimeBackend(bundle_dir, manifest, device=backend.split("-", 1)[1], threads=threads, graphs=graphs)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..bundle import past_names, present_names
-from . import Backend, BackendUnavailable, DecoderStep, graph_path, tensor_names
+from . import GRAPHS, Backend, BackendUnavailable, DecoderStep, graph_path, tensor_names
 
 
 def providers_available() -> list[str]:
@@ -45,7 +45,8 @@ def _providers(device: str, manifest: dict):
 
 
 class OnnxRuntimeBackend(Backend):
-    def __init__(self, bundle_dir, manifest: dict, device: str = "cpu", threads: int | None = None):
+    def __init__(self, bundle_dir, manifest: dict, device: str = "cpu", threads: int | None = None,
+                 graphs=GRAPHS):
         super().__init__(bundle_dir, manifest)
         import onnxruntime as ort
 
@@ -60,24 +61,32 @@ class OnnxRuntimeBackend(Backend):
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3  # warnings about unused initialisers etc. are noise for users
-        providers = _providers(device, manifest)
+        self._opts, self._providers = opts, _providers(device, manifest)
         self.sessions = {}
-        for graph in ("view_encoder", "street_encoder", "decoder"):
-            path = graph_path(bundle_dir, manifest, graph)
-            try:
-                self.sessions[graph] = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
-            except Exception as e:  # ORT raises its own exception types for bad graphs
-                raise BackendUnavailable(f"{path}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:200]})") from None
+        for graph in graphs:  # the graphs asked for now; any other is loaded on first use
+            self.session(graph)
         self._io = {g: tensor_names(manifest, g) for g in ("view_encoder", "street_encoder")}
 
+    def session(self, graph: str):
+        if graph not in self.sessions:
+            import onnxruntime as ort
+
+            path = graph_path(self.bundle_dir, self.manifest, graph)
+            try:
+                self.sessions[graph] = ort.InferenceSession(str(path), sess_options=self._opts,
+                                                            providers=self._providers)
+            except Exception as e:  # ORT raises its own exception types for bad graphs
+                raise BackendUnavailable(f"{path}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:200]})") from None
+        return self.sessions[graph]
+
     def describe(self) -> str:
-        used = self.sessions["decoder"].get_providers()[0]
+        used = next(iter(self.sessions.values())).get_providers()[0] if self.sessions else "no graph loaded"
         return f"{self.name} ({used}, {self.threads} threads)" if self.device == "cpu" else f"{self.name} ({used})"
 
     def _encode(self, graph: str, images: np.ndarray) -> np.ndarray:
         (inp,), (out,) = self._io[graph]
         images = np.ascontiguousarray(images, dtype=np.uint8)
-        return self.sessions[graph].run([out], {inp: images})[0]
+        return self.session(graph).run([out], {inp: images})[0]
 
     def encode_views(self, images: np.ndarray) -> np.ndarray:
         return self._encode("view_encoder", images)
@@ -87,7 +96,7 @@ class OnnxRuntimeBackend(Backend):
 
     def _new_decoder(self, batch: int) -> DecoderStep:
         cls = OrtCpuDecoderStep if self.device == "cpu" else OrtDeviceDecoderStep
-        return cls(self.sessions["decoder"], self.manifest, batch)
+        return cls(self.session("decoder"), self.manifest, batch)
 
 
 class _TwoBindings(DecoderStep):

@@ -19,7 +19,7 @@ import ctypes
 import numpy as np
 
 from ..bundle import past_names, present_names
-from . import Backend, BackendUnavailable, DecoderStep, engine_roles, graph_path
+from . import GRAPHS, Backend, BackendUnavailable, DecoderStep, engine_roles, graph_path
 
 
 def _cudart():
@@ -102,7 +102,7 @@ class _Engine:
 class TensorRTBackend(Backend):
     name = "tensorrt"
 
-    def __init__(self, bundle_dir, manifest: dict):
+    def __init__(self, bundle_dir, manifest: dict, graphs=GRAPHS):
         super().__init__(bundle_dir, manifest)
         why = availability(manifest)
         if why != "ok":
@@ -113,16 +113,27 @@ class TensorRTBackend(Backend):
         self.cuda = _Cuda()
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
-        roles = engine_roles(manifest)
-        self.engines = {g: _Engine(trt, self.runtime, graph_path(bundle_dir, manifest, role)) for g, role in roles.items()}
-        self._enc_ctx = {g: self.engines[g].engine.create_execution_context() for g in ("view_encoder", "street_encoder")}
+        self._roles = engine_roles(manifest)
+        self.engines: dict[str, _Engine] = {}
+        self._enc_ctx = {}
         self._enc_buf: dict[str, tuple[int, int, int]] = {}  # graph -> (input ptr, output ptr, capacity)
+        for graph in graphs:  # the graphs asked for now; any other is loaded on first use
+            self.engine(graph)
+
+    def engine(self, graph: str) -> _Engine:
+        if graph not in self.engines:
+            self.engines[graph] = _Engine(self.trt, self.runtime, graph_path(self.bundle_dir, self.manifest,
+                                                                             self._roles[graph]))
+            if graph != "decoder":
+                self._enc_ctx[graph] = self.engines[graph].engine.create_execution_context()
+        return self.engines[graph]
 
     def describe(self) -> str:
         return f"tensorrt {self.trt.__version__}"
 
     def _encode(self, graph: str, images: np.ndarray) -> np.ndarray:
-        eng, ctx, cuda = self.engines[graph], self._enc_ctx[graph], self.cuda
+        eng = self.engine(graph)
+        ctx, cuda = self._enc_ctx[graph], self.cuda
         (inp,), (out,) = eng.inputs, eng.outputs
         images = np.ascontiguousarray(images, dtype=np.uint8)
         width = int(self.manifest["width"])
@@ -153,7 +164,7 @@ class TensorRTBackend(Backend):
         return self._encode("street_encoder", images)
 
     def _new_decoder(self, batch: int) -> DecoderStep:
-        eng = self.engines["decoder"]
+        eng = self.engine("decoder")
         if batch > eng.max_batch:
             raise BackendUnavailable(f"the decoder engine takes at most {eng.max_batch} rows (beams x queries), "
                                      f"{batch} asked; rebuild it with a larger profile")
@@ -166,7 +177,7 @@ class TrtDecoderStep(DecoderStep):
     def __init__(self, backend: TensorRTBackend, batch: int):
         super().__init__(backend.manifest, batch)
         cuda = self.cuda = backend.cuda
-        self.ctx = backend.engines["decoder"].engine.create_execution_context()
+        self.ctx = backend.engine("decoder").engine.create_execution_context()
         # host side: page-locked copies of the buffers the zoom loop writes and reads
         self.query = cuda.pinned(self.query.shape, np.float32)
         self.view = cuda.pinned(self.view.shape, np.float32)
