@@ -7,7 +7,9 @@
 
 Each section prints a JSON record (also written to WORK/bench_runtime_<section>.json). Official-size
 bundles are exported with random weights (the overhead and memory figures do not depend on the
-weights); the 6-step store for a 160 km region is filled with random embeddings.
+weights); stores are filled with random embeddings (6 steps: a 160 km region, about 1.7 GB). The
+random-weight artefacts come from ``jzi.export.bench.Workdir``, so jzi-bench and this script share
+them when given the same folder (``--work`` here, ``--workdir`` there).
 """
 from __future__ import annotations
 
@@ -20,14 +22,13 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from jzi.runtime.geometry import Region, distance_m
+from jzi.runtime.geometry import distance_m
 from jzi.runtime.localizer import Localizer
-from jzi.runtime.tiles import TileStore, write_store
+from jzi.runtime.tiles import TileStore
 
 RECALL_M = (40, 50, 100)
 
@@ -119,75 +120,44 @@ def bench_parity(demo: Path, work: Path) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# official-size bundles with random weights
+# the official preset with random weights: artefacts shared with jzi-bench (same --work folder)
 # ---------------------------------------------------------------------------------------------
-def official_bundle(work: Path, steps: int = 4) -> Path:
-    """An fp32 bundle of the official preset (random weights) for a 10 km / 4-step or 160 km / 6-step region."""
-    out = work / f"official_{steps}step_bundle"
-    if (out / "manifest.json").is_file():
-        return out
-    import torch
+def workdir(work: Path, threads: int):
+    from jzi.export.bench import Workdir
 
-    from jzi.export.checkpoint import save_checkpoint
-    from jzi.export.config import get_preset
-    from jzi.export.model import JustZoomIn
-    from jzi.export.onnx_export import export_bundle
-
-    region = Region.default() if steps == 4 else replace(Region.default(), steps=steps, size_m=39.0625 * 4 ** steps)
-    torch.manual_seed(0)
-    ckpt = work / f"official_{steps}step.pt"
-    save_checkpoint(JustZoomIn(get_preset("official", region=region)).eval(), ckpt)
-    export_bundle(ckpt, out, precision="fp32", force=True, log=lambda s: print("   " + s, flush=True))
-    ckpt.unlink()
-    return out
+    return Workdir(work, threads, log=lambda s: print("   " + s, flush=True))
 
 
-def random_store(work: Path, bundle: Path, dtype: str = "float16") -> Path:
-    """A store of random embeddings with the bundle's geometry and encoder id."""
-    from jzi.runtime.bundle import load_manifest
-
-    man = load_manifest(bundle, verify=False)
-    region = Region.from_dict(man["region"])
-    out = work / f"random_{region.steps}step_{dtype}.jzt"
-    if (out / "tiles.json").is_file():
-        return out
-    rng = np.random.default_rng(0)
-    write_store(out, region, int(man["width"]), man["encoder_id"],
-                lambda rows: (rng.standard_normal((len(rows), int(man["width"])), dtype=np.float32), None),
-                dtype=dtype, batch=1 << 15, meta={"source": "random embeddings (benchmark)"}, force=True)
-    return out
+PRESET = "official"  # --preset tiny gives a quick dry run of the official-size sections
 
 
-def bench_overhead(work: Path, queries: int, loops: int, threads: int) -> dict:
-    bundle = official_bundle(work)
-    store = random_store(work, bundle)
+def official(wd, steps: int = 4) -> tuple[Path, Path]:
+    """(fp32 bundle, random fp16 store) of the preset: 10 km / 4 steps or 160 km / 6 steps, 39 m cells."""
+    bundle = wd.bundle(wd.checkpoint(PRESET, steps), "fp32")
+    return bundle, wd.random_store(bundle)
+
+
+def bench_overhead(wd, work: Path, queries: int, loops: int, threads: int) -> dict:
+    from jzi.export.bench import run_localizer
+
+    bundle, store = official(wd)
+    full = run_localizer(bundle, store, wd.photos(queries), threads)
+    # the zoom loop alone (no encoder), many times: the runtime's own cost next to the decoder graph's
     loc = Localizer(bundle, store, backend="ort-cpu", threads=threads)
-    rng = np.random.default_rng(1)
-    photos = [rng.integers(0, 256, (480, 960, 3), dtype=np.uint8) for _ in range(queries)]
-    loc.localize(photos[0])  # warm-up
-    full = [loc.localize(p).timings for p in photos]
-    # the zoom loop alone (no encoder), many times, for a tight figure
-    query = rng.standard_normal((1, int(loc.manifest["width"])), dtype=np.float32)
+    query = np.random.default_rng(1).standard_normal((1, int(loc.manifest["width"])), dtype=np.float32)
     for _ in range(10):
         loc.zoom(query)
     zoom = [loc.zoom(query)[0].timings for _ in range(loops)]
-
     med = lambda xs: round(statistics.median(xs), 4)  # noqa: E731
-    total = med([t["total_ms"] for t in full])
-    encoder = med([t["encoder_ms"] for t in full])
-    pre = med([t["preprocess_ms"] + t["read_ms"] for t in full])
-    all_but_encoder = med([t["total_ms"] - t["encoder_ms"] - t["preprocess_ms"] - t["read_ms"] for t in full])
     decoder = med([t["decoder_ms"] for t in zoom])
     runtime_only = med([t["zoom_ms"] - t["decoder_ms"] for t in zoom])
+    total = full["total_ms"]["p50"]
     return _save(work, "overhead", {
-        "preset": "official (random weights)", "backend": loc.backend.describe(), "queries": queries,
-        "zoom_loops": loops, "photo_px": [480, 960],
-        "median_ms": {"query_total": total, "encoder": encoder, "preprocess_and_decode": pre,
-                      "everything_but_encoder_and_preprocess": all_but_encoder,
-                      "decoder_graph_4_steps": decoder, "decoder_step": med([s for t in zoom for s in t["decoder_steps_ms"]]),
-                      "tile_reads_4_steps": med([t["tiles_ms"] for t in zoom]),
-                      "runtime_overhead_excluding_graph_calls": runtime_only},
-        "share_of_query_%": {"everything_but_encoder_and_preprocess": round(100 * all_but_encoder / total, 3),
+        "preset": f"{PRESET} (random weights)", "backend": loc.backend.describe(), "photo_px": [480, 960],
+        "full_queries": full, "zoom_loops": loops,
+        "zoom_loop_median_ms": {"decoder_graph_4_steps": decoder, "tile_reads_4_steps": med([t["tiles_ms"] for t in zoom]),
+                                "runtime_overhead_excluding_graph_calls": runtime_only},
+        "share_of_query_%": {"everything_but_encoder_and_preprocess": round(full["overhead_pct"], 3),
                              "runtime_overhead_excluding_graph_calls": round(100 * runtime_only / total, 3)},
     })
 
@@ -217,22 +187,17 @@ def open_ms(store: Path, repeats: int = 20) -> float:
     return round(statistics.median(times), 3)
 
 
-def bench_memory(work: Path, threads: int) -> dict:
-    photo = work / "query.jpg"
-    if not photo.exists():
-        import cv2
-
-        cv2.imwrite(str(photo), np.random.default_rng(2).integers(0, 256, (480, 960, 3), dtype=np.uint8))
-    out = {"bundle_precision": "fp32", "preset": "official (random weights)"}
+def bench_memory(wd, work: Path, threads: int) -> dict:
+    photo = wd.photos(1)[0]
+    out = {"bundle_precision": "fp32", "preset": f"{PRESET} (random weights)", "store": "random fp16 embeddings"}
     for steps in (4, 6):
-        bundle = official_bundle(work, steps)
-        store = random_store(work, bundle)
+        bundle, store = official(wd, steps)
         cmd = [sys.executable, "-m", "jzi.runtime.run_cli", "--engine", str(bundle), "--tiles", str(store), str(photo),
                "--threads", str(threads)]
         rss, _ = peak_rss_mb(cmd)
-        size = sum(f.stat().st_size for f in store.iterdir())
-        out[f"{steps}_step"] = {"region_km": Region.from_dict(TileStore(store).meta["region"]).size_m / 1000,
-                               "store_views": TileStore(store).total_views, "store_bytes": size,
+        meta = TileStore(store)
+        out[f"{steps}_step"] = {"region_km": meta.region.size_m / 1000, "store_views": meta.total_views,
+                               "store_bytes": sum(f.stat().st_size for f in store.iterdir()),
                                "jzi_run_peak_rss_mb": round(rss, 1), "open_store_ms": open_ms(store)}
     out["rss_difference_mb"] = round(out["6_step"]["jzi_run_peak_rss_mb"] - out["4_step"]["jzi_run_peak_rss_mb"], 1)
     return _save(work, "memory", out)
@@ -240,19 +205,23 @@ def bench_memory(work: Path, threads: int) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("section", choices=("parity", "overhead", "memory", "all"))
+    p.add_argument("sections", nargs="+", choices=("parity", "overhead", "memory", "all"))
     p.add_argument("--demo", type=Path, default=Path("demo-out"), help="folder made by make demo (parity)")
     p.add_argument("--work", type=Path, default=Path("bench-out"), help="where official bundles and stores go")
     p.add_argument("--queries", type=int, default=10, help="full queries for the overhead figure")
     p.add_argument("--loops", type=int, default=300, help="zoom loops for the overhead figure")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--preset", default="official", choices=("official", "small", "tiny"),
+                   help="model size for overhead/memory (official; tiny for a quick dry run)")
     a = p.parse_args(argv)
-    if a.section in ("parity", "all"):
+    global PRESET
+    PRESET = a.preset
+    if {"parity", "all"} & set(a.sections):
         bench_parity(a.demo, a.work)
-    if a.section in ("overhead", "all"):
-        bench_overhead(a.work, a.queries, a.loops, a.threads)
-    if a.section in ("memory", "all"):
-        bench_memory(a.work, a.threads)
+    if {"overhead", "all"} & set(a.sections):
+        bench_overhead(workdir(a.work, a.threads), a.work, a.queries, a.loops, a.threads)
+    if {"memory", "all"} & set(a.sections):
+        bench_memory(workdir(a.work, a.threads), a.work, a.threads)
     print(f"peak RSS of this benchmark process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     return 0
 
