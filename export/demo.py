@@ -54,6 +54,8 @@ def run(out: Path, minutes: float, world_size: str, fresh: bool, threads: int | 
         argv = [str(world), "--out", str(train_dir), "--preset", "tiny", "--minutes", str(minutes)]
         if threads:
             argv += ["--threads", str(threads)]
+        if (train_dir / "last.pt").is_file() and not fresh:
+            argv.append("--resume")  # an interrupted demo continues its training
         if train_main(argv) != 0 or not best.is_file():
             print("demo: training failed (see above)", file=sys.stderr)
             return 1
