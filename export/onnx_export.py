@@ -9,6 +9,10 @@ Graphs are exported with the dynamo exporter (``dynamo=True``): the TorchScript 
 NHWC->NCHW ``movedim`` into a Transpose with a negative permutation that ONNX Runtime rejects, and
 the dynamo graph comes out clean (native LayerNormalization, no Resize: the position embedding is
 resampled once in PyTorch by ``Encoder.freeze_position_embeddings``). Only the batch axis is dynamic.
+
+Precisions: fp32; fp16 encoders for GPUs (LayerNorm, Softmax and other reductions kept fp32; uint8
+in, float32 out); int8 encoders for CPUs (ONNX Runtime dynamic quantisation of the MatMuls). The
+decoder is always fp32: it is ~1/1000 of the work and its argmax decides the path.
 """
 from __future__ import annotations
 
@@ -137,8 +141,6 @@ def example_inputs(specs: dict, batch: int = 2, seed: int = 0) -> tuple:
 
 def _export(module: nn.Module, specs: dict, opset: int) -> onnx.ModelProto:
     """Export ``module`` with the dynamo exporter; only axes named "batch" are dynamic."""
-    if opset < MIN_OPSET:
-        raise ExportError(f"--opset {opset}: jzi needs opset >= {MIN_OPSET} (native LayerNormalization)")
     batch = torch.export.Dim("batch", min=1, max=MAX_EXPORT_BATCH)
     dynamic = tuple({i: batch for i, dim in enumerate(spec["shape"]) if dim == "batch"} or None
                     for spec in specs["inputs"])
@@ -241,11 +243,16 @@ def to_int8(proto: onnx.ModelProto, workdir: Path) -> onnx.ModelProto:
 
     src, dst = workdir / "int8_src.onnx", workdir / "int8_dst.onnx"
     onnx.save(proto, src)
+    # The quantiser logs a generic "consider pre-processing" warning to the root logger; measured,
+    # pre-processing (symbolic shape inference + fusions) did not speed these graphs up, and ORT
+    # applies the same fusions when it loads them.
+    logging.disable(logging.WARNING)
     try:
         quantize_dynamic(src, dst, op_types_to_quantize=["MatMul"], per_channel=INT8_PER_CHANNEL,
                          reduce_range=INT8_REDUCE_RANGE, weight_type=QuantType.QInt8)
         return onnx.load(dst)
     finally:
+        logging.disable(logging.NOTSET)
         src.unlink(missing_ok=True)
         dst.unlink(missing_ok=True)
 
@@ -654,4 +661,4 @@ def export_bundle(checkpoint, out=None, *, preset: str | None = None, precision:
 def default_parity(cfg: ModelConfig) -> ParitySettings:
     """Full figures for small models; fewer end-to-end rollouts where each costs six ViT passes."""
     heavy = cfg.image_size * cfg.enc_width >= 384 * 768
-    return ParitySettings(end_to_end=2 if heavy else 8)
+    return ParitySettings(end_to_end=4 if heavy else 8)

@@ -143,6 +143,10 @@ def test_manifest_records_the_contract(bundles, checkpoint):
     assert fp32["view_encoder"]["max_rel"] < 1e-4 and fp32["street_encoder"]["max_rel"] < 1e-4
     assert fp32["decoder_rollouts"]["logits"]["max_abs"] < 1e-4 and fp32["end_to_end"]["path_agreement"] == 1.0
     assert len({m["encoder_id"] for m in mans.values()}) == 1  # a tile store fits every precision
+    from jzi.export.cli import _describe
+
+    line = _describe(bundles["fp32"], mans["fp32"])
+    assert line.startswith(f"wrote {bundles['fp32']} (fp32)") and "greedy paths 100% of 200" in line
 
 
 def test_graph_io_and_metadata_match_manifest(bundles):
@@ -255,21 +259,21 @@ def test_tensorrt_refusals_are_one_line():
 # ---------------------------------------------------------------------------------------------
 # the CLI, as a user runs it
 # ---------------------------------------------------------------------------------------------
-def test_cli_writes_beside_the_checkpoint_and_replaces_only_with_force(checkpoint, tmp_path):
+def test_cli_writes_beside_the_checkpoint_and_replaces_only_with_force(checkpoint, bundles, tmp_path):
+    import shutil
+
     ckpt = tmp_path / "model.pt"
     ckpt.write_bytes(checkpoint.read_bytes())
-    out = tmp_path / "model-int8-bundle"  # the default name: CHECKPOINT-PRECISION-bundle
-    first = run_cli(ckpt, "--precision", "int8", "--json")
-    assert first.returncode == 0, first.stderr
-    summary = json.loads(first.stdout)
-    assert summary["precision"] == "int8" and Path(summary["bundle"]) == out
-    assert summary["parity"]["decoder_rollouts"]["path_agreement"] == 1.0
+    out = tmp_path / "model-fp32-bundle"  # the default name: CHECKPOINT-PRECISION-bundle
+    shutil.copytree(bundles["int8"], out)  # an earlier export is in the way
     before = (out / MANIFEST).read_text()
-    assert_one_error_line(run_cli(ckpt, "--precision", "int8"), "already exists", "--force")
+    assert_one_error_line(run_cli(ckpt), "already exists", "--force")
     assert (out / MANIFEST).read_text() == before
-    forced = run_cli(ckpt, "-o", out, "--force", "-q")  # an fp32 export replaces the int8 bundle
+    forced = run_cli(ckpt, "--force", "--json", "-q")
     assert forced.returncode == 0 and forced.stderr == "", forced.stderr
-    assert forced.stdout.startswith(f"wrote {out} (fp32)")
+    summary = json.loads(forced.stdout)
+    assert Path(summary["bundle"]) == out and summary["precision"] == "fp32"
+    assert summary["parity"]["decoder_rollouts"]["path_agreement"] == 1.0
     assert load_manifest(out)["precision"] == "fp32"
     assert leftovers(tmp_path) == []
 
