@@ -126,3 +126,20 @@ def test_bad_setup_is_one_clear_line(tmp_path, dataset, bundle, store32, args, w
     r = _run(*[subst.get(a, a) for a in args])
     assert r.returncode != 0 and why in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path):
+    """make demo's script on the smallest world with a token training budget: every step, every output."""
+    out = tmp_path / "demo"
+    r = subprocess.run([sys.executable, "-m", "jzi.export.demo", "--out", str(out), "--world", "tiny",
+                        "--minutes", "0.2"], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    answers = [line for line in r.stdout.splitlines() if re.match(r"^test_\d+  -?[\d.]+, -?[\d.]+  error [\d.]+ m", line)]
+    assert len(answers) == 16  # every held-out photo of the tiny world, each with its error
+    assert "16 photos with truth: R@40m" in r.stdout
+    assert cv2.imread(str(out / "zoom_path.png")) is not None
+    # a second run reuses every step
+    again = subprocess.run([sys.executable, "-m", "jzi.export.demo", "--out", str(out), "--world", "tiny"],
+                           capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0 and again.stdout.count("reusing") == 4
