@@ -196,7 +196,7 @@ def _map(root: Path, entry: dict, dtype: str) -> np.memmap:
     return np.memmap(root / entry["path"], dtype=_le(dtype), mode="r", shape=tuple(entry["shape"]))
 
 
-def verify_store(path, chunk_rows: int = 65536) -> dict:
+def verify_store(path, chunk_rows: int = 8192) -> dict:
     """Full check: index validation, sha256 of every file, every embedding finite. Raises TileStoreError."""
     store = TileStore(path)
     for role, entry in store.meta["files"].items():
