@@ -144,8 +144,12 @@ def _write_json(path, obj) -> None:
 def run(args) -> int:
     if args.beams < 1 or args.batch < 1:
         raise ValueError("--beams and --batch must be at least 1")
+    if args.max_pixels < 1:
+        raise ValueError("--max-pixels must be positive")
     problems: list[str] = []
     queries = gather(args.inputs, problems)
+    if not queries and not problems:
+        raise ValueError("no photos given (the CSV lists none)")
     loc = Localizer(args.engine, args.tiles, backend=args.backend, threads=args.threads,
                     verify_bundle=not args.no_verify)
     if args.viz and loc.store.pixels is None and not args.source:
@@ -210,8 +214,6 @@ def run(args) -> int:
         save_rgb(args.viz, draw_zoom(first_photo, views, loc.region, r.path, r.step_probs, q.truth, caption))
         if not args.json:
             print(f"zoom path drawn to {args.viz}")
-    if not queries and not problems:
-        raise ValueError("no photos given")
     return 1 if failures else 0
 
 
