@@ -246,6 +246,14 @@ def write_store(out, region: Region, dim: int, encoder_id: str, produce: Produce
                    "encoder_id": encoder_id, "source": (meta or {}).get("source")}
 
     partial = out.with_name(out.name + ".partial")
+    if (partial / INDEX).is_file() and not (partial / PROGRESS).exists():
+        try:  # stopped between finishing and renaming: the partial store is complete
+            finished = TileStore(partial)
+            if finished.meta["encoder_id"] == encoder_id and finished.meta["region"] == region.to_dict():
+                _replace_dir(partial, out)
+                return out
+        except TileStoreError:
+            pass
     done = _resume_point(partial, fingerprint, force)
     partial.mkdir(parents=True, exist_ok=True)
     arrays = {}

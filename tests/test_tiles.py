@@ -85,6 +85,11 @@ def test_interrupted_build_resumes_and_only_does_the_rest(tmp_path):
     np.testing.assert_allclose(TileStore(out).embeddings, _values(np.arange(273)), rtol=1e-3)
     assert not (tmp_path / "r.jzt.partial").exists()
 
+    # stopped after finishing but before the rename: the next run only renames
+    shutil.copytree(out, tmp_path / "f.jzt.partial")
+    assert write_store(tmp_path / "f.jzt", SMALL, DIM, "enc", None, batch=40, progress=False) == tmp_path / "f.jzt"
+    assert verify_store(tmp_path / "f.jzt")["ok"] and not (tmp_path / "f.jzt.partial").exists()
+
     # a partial build made with other settings is refused, then discarded with force
     calls.clear()
     with pytest.raises(KeyboardInterrupt):
