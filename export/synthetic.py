@@ -46,7 +46,8 @@ WORLD_FORMAT = "jzi-synthetic-world"
 # name -> (train, val, test) queries
 SIZES = {"tiny": (64, 16, 16), "small": (600, 100, 200), "default": (6000, 300, 1000)}
 LAND_USES = ("dense", "sparse", "park", "pond", "plaza")
-LAND_USE_P = (0.38, 0.26, 0.18, 0.06, 0.12)
+LAND_USE_P = (0.55, 0.25, 0.08, 0.04, 0.08)
+BLOCK_HEIGHTS_M = (5.0, 12.0, 22.0, 40.0)  # building height by block column within a neighbourhood
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ class World:
         c = r.center
         self.bounds = (float(move(c, 0.0, -half)[0]), float(move(c, 0.0, half)[0]),
                        float(move(c, 90.0, -half)[1]), float(move(c, 90.0, half)[1]))
-        self.image, self.height = self._paint()
+        self.image, self.height, self.pattern = self._paint()
         self.source = ArraySource(self.image, self.bounds)
 
     # coordinates: x east from the region's west edge, y south from its north edge (metres)
@@ -123,115 +124,132 @@ class World:
         return a, a  # x per column, y per row
 
     def _paint(self):
+        """Paint the raster band by band (bounded memory); returns (RGB uint8, height m uint8, pattern uint8)."""
         cfg, r = self.cfg, self.region
         rng = np.random.default_rng(cfg.seed)
         n = self.px
         xs, ys = self._axes()
-        x = np.broadcast_to(xs[None, :], (n, n))
-        y = np.broadcast_to(ys[:, None], (n, n))
-
-        def cells(level_size):  # cell index per pixel at one level, shifted so the margin is >= 0
-            k = int(math.ceil(cfg.margin_m / level_size))
-            cols = np.floor(xs / level_size).astype(np.int64) + k
-            rows = np.floor(ys / level_size).astype(np.int64) + k
-            m = int(round(r.size_m / level_size)) + 2 * k
-            return rows[:, None], cols[None, :], m, k
-
         s1, s2, s3 = (r.level_size_m(lvl) for lvl in (1, 2, 3))
-        # level 0 cells (districts): a ground palette, 16 well-separated hues inside the region
-        r0, c0, m0, k0 = cells(s1)
-        hue0 = rng.random((m0, m0))
-        inner = rng.permutation(r.grid * r.grid) / (r.grid * r.grid) + rng.uniform(0, 0.02, r.grid * r.grid)
-        hue0[k0:k0 + r.grid, k0:k0 + r.grid] = inner.reshape(r.grid, r.grid)
-        sat0 = rng.uniform(0.4, 0.65, (m0, m0))
-        val0 = rng.uniform(0.45, 0.75, (m0, m0))
-        # level 1 cells (neighbourhoods): street grid, roof family, greenery
-        r1, c1, m1, _ = cells(s2)
-        angle1 = rng.uniform(0, math.pi / 2, (m1, m1))
-        spacing1 = rng.choice([40.0, 55.0, 75.0, 100.0], (m1, m1))
-        roadw1 = rng.uniform(6.0, 11.0, (m1, m1))
-        roofhue1 = rng.random((m1, m1))
-        green1 = rng.uniform(-0.7, 0.2, (m1, m1))
-        # level 2 cells (blocks): land use and roof shade
-        r2, c2, m2, _ = cells(s3)
-        use2 = rng.choice(len(LAND_USES), (m2, m2), p=LAND_USE_P)
-        roofval2 = rng.uniform(0.35, 0.95, (m2, m2))
-        roofsat2 = rng.uniform(0.2, 0.75, (m2, m2))
-        pond2 = rng.uniform(0.25, 0.42, (m2, m2, 2))
-
-        hue = hue0[r0, c0].astype(np.float32)
+        g = r.grid
+        # district ground hues: a random permutation of 16 well-separated hues (random outside the region)
+        k0 = int(math.ceil(cfg.margin_m / s1))
+        m0 = g + 2 * k0
+        t = {"hue0": rng.random((m0, m0))}
+        t["hue0"][k0:k0 + g, k0:k0 + g] = ((rng.permutation(g * g) + 0.5) / (g * g)).reshape(g, g)
+        # neighbourhood and block tables (indexed by cell, margin included)
+        k1, k2 = int(math.ceil(cfg.margin_m / s2)), int(math.ceil(cfg.margin_m / s3))
+        m1, m2 = int(round(r.size_m / s2)) + 2 * k1, int(round(r.size_m / s3)) + 2 * k2
+        t["angle1"] = rng.uniform(0, math.pi / 2, (m1, m1))
+        t["spacing1"] = rng.choice([45.0, 60.0, 80.0], (m1, m1))
+        t["roadw1"] = rng.uniform(6.0, 10.0, (m1, m1))
+        t["green1"] = rng.uniform(-0.5, 0.1, (m1, m1))
+        t["use2"] = rng.choice(len(LAND_USES), (m2, m2), p=LAND_USE_P)
+        t["pond2"] = rng.uniform(0.25, 0.42, (m2, m2, 2))
+        t["phase"] = rng.uniform(0, 2 * math.pi, 2)
+        t["river"] = (0.3 + 0.4 * rng.random()) * r.size_m
+        t["k"] = (k0, k1, k2)
         noise = _fractal_noise(rng, (n, n), self.span_m, (1500, 300, 60, 12), (0.05, 0.05, 0.04, 0.03))
-        ground = _hsv_to_rgb(hue + 0.25 * noise, sat0[r0, c0], np.clip(val0[r0, c0] + noise, 0, 1))
-        use = use2[r2, c2]
-
-        # parks: greener ground; plazas: pale paving
-        park = use == LAND_USES.index("park")
-        ground[park] = 0.5 * ground[park] + 0.5 * np.array([0.30, 0.52, 0.22], np.float32)
-        plaza = use == LAND_USES.index("plaza")
-        ground[plaza] = 0.35 * ground[plaza] + 0.65 * np.array([0.78, 0.76, 0.72], np.float32)
-        img = ground
-
-        # trees: fine noise above a threshold set by the neighbourhood's greenery (denser in parks)
         tree_noise = _fractal_noise(rng, (n, n), self.span_m, (40, 10), (0.6, 0.5))
-        trees = tree_noise > (0.9 - green1[r1, c1] - 0.8 * park)
+        image = np.empty((n, n, 3), np.uint8)
+        height = np.zeros((n, n), np.uint8)
+        pattern = np.zeros((n, n), np.uint8)
+        band = 512
+        for r0 in range(0, n, band):
+            rows = slice(r0, min(n, r0 + band))
+            image[rows], height[rows], pattern[rows] = self._paint_band(xs, ys[rows], t, noise[rows], tree_noise[rows])
+        return image, height, pattern
 
-        # water: block ponds and a river across the region
-        fy = (ys[:, None] - (r2 - int(math.ceil(cfg.margin_m / s3))) * s3) / s3 - 0.5
-        fx = (xs[None, :] - (c2 - int(math.ceil(cfg.margin_m / s3))) * s3) / s3 - 0.5
-        pr = pond2[r2, c2]
+    def _paint_band(self, xs, ys, t, noise, tree_noise):
+        cfg, r = self.cfg, self.region
+        s1, s2, s3 = (r.level_size_m(lvl) for lvl in (1, 2, 3))
+        k0, k1, k2 = t["k"]
+        g = r.grid
+        x = np.broadcast_to(xs[None, :], (len(ys), len(xs)))
+        y = np.broadcast_to(ys[:, None], (len(ys), len(xs)))
+
+        def cell(size, k):  # (row, col) table indices of each pixel's cell at one level
+            return np.floor(ys / size).astype(np.int64)[:, None] + k, np.floor(xs / size).astype(np.int64)[None, :] + k
+
+        r0, c0 = cell(s1, k0)
+        r1, c1 = cell(s2, k1)
+        r2, c2 = cell(s3, k2)
+        # the child index of each pixel's neighbourhood (in its district) and block (in its neighbourhood)
+        a1 = ((r1 - k1) % g) * g + (c1 - k1) % g
+        a2_row, a2_col = (r2 - k2) % g, (c2 - k2) % g
+
+        # districts: a pale ground in the district's hue
+        ground = _hsv_to_rgb(t["hue0"][r0, c0] + 0.15 * noise, 0.42 + noise, np.clip(0.68 + noise, 0, 1))
+        use = t["use2"][r2, c2]
+        park = use == LAND_USES.index("park")
+        plaza = use == LAND_USES.index("plaza")
+        ground[plaza] = 0.5 * ground[plaza] + 0.5 * np.array([0.8, 0.78, 0.74], np.float32)
+        img = ground
+        trees = tree_noise > (0.95 - t["green1"][r1, c1] - 0.6 * park)
+
+        # water: block ponds and a river
+        fy = (ys[:, None] - (r2 - k2) * s3) / s3 - 0.5
+        fx = (xs[None, :] - (c2 - k2) * s3) / s3 - 0.5
+        pr = t["pond2"][r2, c2]
         water = (use == LAND_USES.index("pond")) & ((fx / pr[..., 0]) ** 2 + (fy / pr[..., 1]) ** 2 < 1)
-        phase = rng.uniform(0, 2 * math.pi, 2)
-        river_y = (0.3 + 0.4 * rng.random()) * r.size_m + 900 * np.sin(2 * math.pi * xs / 7300 + phase[0]) \
-            + 250 * np.sin(2 * math.pi * xs / 2100 + phase[1])
+        river_y = t["river"] + 900 * np.sin(2 * math.pi * xs / 7300 + t["phase"][0]) \
+            + 250 * np.sin(2 * math.pi * xs / 2100 + t["phase"][1])
         water |= np.abs(y - river_y[None, :]) < 35 + 12 * noise / 0.05
 
         # streets: a rotated grid per neighbourhood, arterials on neighbourhood edges, highways on districts
-        th, sp, rw = angle1[r1, c1], spacing1[r1, c1], roadw1[r1, c1]
+        th, sp, rw = t["angle1"][r1, c1], t["spacing1"][r1, c1], t["roadw1"][r1, c1]
         u = x * np.cos(th) + y * np.sin(th)
         v = -x * np.sin(th) + y * np.cos(th)
         fu, fv = np.mod(u, sp), np.mod(v, sp)
         street = (fu < rw) | (fv < rw)
-        edge1 = (np.abs((xs[None, :] + s2 / 2) % s2 - s2 / 2) < 9) | (np.abs((ys[:, None] + s2 / 2) % s2 - s2 / 2) < 9)
-        edge0 = (np.abs((xs[None, :] + s1 / 2) % s1 - s1 / 2) < 16) | (np.abs((ys[:, None] + s1 / 2) % s1 - s1 / 2) < 16)
 
-        # buildings: one or four per street block, sized by land use; heights for street facades
+        def near_edge(size, width):
+            return (np.abs((xs[None, :] + size / 2) % size - size / 2) < width) | \
+                (np.abs((ys[:, None] + size / 2) % size - size / 2) < width)
+
+        edge1, edge0 = near_edge(s2, 9), near_edge(s1, 16)
+
+        # buildings: one or four per street block. Neighbourhoods are told apart by roof hue, blocks by
+        # building height (block column) and roof/facade pattern (block row): visible from above and
+        # from the street alike.
         bu, bv = np.floor(u / sp).astype(np.int64), np.floor(v / sp).astype(np.int64)
-        key = (r1 * 1000 + c1).astype(np.int64)
-        hsh = _hash01(key, bu, bv, cfg.seed)
-        dense = use == LAND_USES.index("dense")
-        sparse = use == LAND_USES.index("sparse")
-        inner_u, inner_v = (fu - rw) / (sp - rw), (fv - rw) / (sp - rw)  # 0..1 inside the block
-        frac = np.where(dense, 0.78, 0.5) + 0.15 * (hsh - 0.5)
+        hsh = _hash01(r1 * 1000 + c1, bu, bv, cfg.seed)
+        inner_u, inner_v = (fu - rw) / (sp - rw), (fv - rw) / (sp - rw)
+        frac = 0.72 + 0.15 * (hsh - 0.5)
         lo, hi = 0.5 - frac / 2, 0.5 + frac / 2
         in_box = (inner_u > lo) & (inner_u < hi) & (inner_v > lo) & (inner_v < hi)
-        split = dense & (hsh > 0.5)  # some dense blocks hold four buildings with a gap between
-        gap = split & ((np.abs(inner_u - 0.5) < 0.04) | (np.abs(inner_v - 0.5) < 0.04))
-        building = (dense | (sparse & (hsh < 0.7))) & in_box & ~gap & ~street & ~water
+        gap = (hsh > 0.5) & ((np.abs(inner_u - 0.5) < 0.04) | (np.abs(inner_v - 0.5) < 0.04))
+        built = (use == LAND_USES.index("dense")) | ((use == LAND_USES.index("sparse")) & (hsh < 0.8))
+        building = built & in_box & ~gap & ~street & ~water
         quad = (inner_u > 0.5).astype(np.int64) * 2 + (inner_v > 0.5)
-        bh = _hash01(key, bu, bv, quad, cfg.seed + 1)
-        roof = _hsv_to_rgb(roofhue1[r1, c1] + 0.06 * (bh - 0.5), roofsat2[r2, c2],
-                           np.clip(roofval2[r2, c2] + 0.2 * (bh - 0.5), 0, 1))
-        height = np.where(building, np.where(dense, 12 + 30 * bh, 5 + 8 * bh), 0).astype(np.uint8)
+        bh = _hash01(r1 * 1000 + c1, bu, bv, quad, cfg.seed + 1)
+        roof = _hsv_to_rgb((a1 + 0.5) / (g * g) + 0.01 * (bh - 0.5), 0.8 + 0.1 * (bh - 0.5), 0.85 + 0.1 * (bh - 0.5))
+        pat = a2_row.astype(np.uint8)
+        period = 8.0  # metres, roof stripes seen from above
+        on_x = np.mod(x, period) < period / 2
+        on_y = np.mod(y, period) < period / 2
+        dark = np.where(pat == 1, on_y, np.where(pat == 2, on_x, np.where(pat == 3, on_x ^ on_y, False)))
+        roof = roof * np.where(dark, 0.62, 1.0)[..., None]
+        levels = np.array(BLOCK_HEIGHTS_M, np.float32)
+        height = np.where(building, levels[a2_col] * (0.9 + 0.2 * bh), 0)
 
-        tree_col = np.array([0.16, 0.33, 0.13], np.float32) * (1 + 3 * tree_noise[..., None] * 0.1)
+        tree_col = np.array([0.16, 0.33, 0.13], np.float32) * (1 + 0.3 * tree_noise[..., None])
         road_col = np.array([0.33, 0.33, 0.35], np.float32)
         img = np.where((trees & ~street)[..., None], tree_col, img)
-        img = np.where(street[..., None] & ~plaza[..., None] & ~park[..., None], road_col + 0.5 * noise[..., None], img)
+        img = np.where((street & ~plaza & ~park)[..., None], road_col + 0.5 * noise[..., None], img)
         img = np.where((edge1 | edge0)[..., None], np.array([0.26, 0.26, 0.28], np.float32), img)
-        img = np.where(edge0[..., None] & (np.abs(np.mod(xs[None, :] + ys[:, None], 30.0) - 15) < 4)[..., None]
-                       & ((np.abs((xs[None, :] + s1 / 2) % s1 - s1 / 2) < 1) | (np.abs((ys[:, None] + s1 / 2) % s1 - s1 / 2) < 1))[..., None],
-                       np.array([0.9, 0.85, 0.4], np.float32), img)  # dashed centre lines on highways
         img = np.where(water[..., None], np.array([0.12, 0.27, 0.42], np.float32) + 0.6 * noise[..., None], img)
-        # building shadows fall north-east of each building (sun in the south-west), then the roofs
-        shift = max(1, int(round(6.0 / cfg.meters_per_pixel)))
+        # shadows fall north-east of each building, longer for taller ones (sun in the south-west)
+        mpp = self.span_m / self.px
         shadow = np.zeros_like(building)
-        shadow[:-shift, shift:] = building[shift:, :-shift]
+        for h_m in BLOCK_HEIGHTS_M:
+            shift = max(1, int(round(0.5 * h_m / mpp)))
+            tall = building & (height >= h_m * 0.85)
+            shadow[:-shift, shift:] |= tall[shift:, :-shift]
         img = np.where((shadow & ~building)[..., None], img * 0.55, img)
         img = np.where(building[..., None], roof, img)
         img = np.clip(img * (1 + noise[..., None]), 0, 1)
-        image = (img * 255 + 0.5).astype(np.uint8)
-        height[~building] = 0
-        return image, height
+        return (img * 255 + 0.5).astype(np.uint8), np.clip(height, 0, 255).astype(np.uint8), \
+            np.where(building, pat, 0).astype(np.uint8)
 
     # ---- street photos -------------------------------------------------------------------------------
     def latlon_to_pixel(self, latlon):
@@ -273,15 +291,23 @@ class World:
         hit = heights > 0
         first = np.argmax(hit, axis=0)
         has = hit.any(axis=0)
+        cols_idx = np.arange(W)
         d = radii[first, 0]
-        bh = heights[first, np.arange(W)]
-        colour = self.image[hr[first, np.arange(W)], hc[first, np.arange(W)]].astype(np.float32) * 0.78
+        bh = heights[first, cols_idx]
+        hit_r, hit_c = hr[first, cols_idx], hc[first, cols_idx]
+        smooth = self.source._level(1)  # roof colour without the stripes seen from above
+        colour = smooth[hit_r // 2, hit_c // 2].astype(np.float32) * 0.85
+        pat = self.pattern[hit_r, hit_c]
         base = horizon + (np.degrees(np.arctan(cam_h / d)) - 0.3) / 55.0 * (H - horizon)
         top = horizon - np.degrees(np.arctan((bh - cam_h) / d)) / 45.0 * horizon
         rr = np.arange(H, dtype=np.float32)[:, None]
         facade = has[None, :] & (rr >= top[None, :]) & (rr <= base[None, :])
-        windows = 0.8 + 0.2 * (np.mod(rr, 6) < 3)
-        photo = np.where(facade[..., None], colour[None, :, :] * windows[..., None], photo)
+        # the facade shows the building's pattern (plain, horizontal, vertical or checker bands)
+        on_r = np.mod(rr, 8) < 4
+        on_c = (np.mod(np.arange(W), 8) < 4)[None, :]
+        dark = np.where(pat == 1, on_r, np.where(pat == 2, on_c, np.where(pat == 3, on_r ^ on_c, False)))
+        shade = np.where(dark, 0.6, 1.0)
+        photo = np.where(facade[..., None], colour[None, :, :] * shade[..., None], photo)
 
         # occluders: poles and cars
         for _ in range(rng.integers(0, 4)):
@@ -292,8 +318,8 @@ class World:
             top_r = int(H * rng.uniform(0.62, 0.8))
             photo[top_r:min(H, top_r + w // 2), c:c + w] = rng.uniform(30, 230, 3)
         # camera: exposure, contrast, a slight white-balance shift, blur, noise
-        photo = (photo - 128) * rng.uniform(0.8, 1.2) + 128 + rng.uniform(-20, 20)
-        photo = photo * rng.uniform(0.92, 1.08, 3)
+        photo = (photo - 128) * rng.uniform(0.85, 1.15) + 128 + rng.uniform(-15, 15)
+        photo = photo * rng.uniform(0.94, 1.06, 3)
         sigma = rng.uniform(0.0, 1.2)
         if sigma > 0.3:
             photo = cv2.GaussianBlur(photo, (0, 0), sigma)
@@ -333,8 +359,8 @@ def write_geotiff(world: World, path: Path) -> None:
 def write_xyz(world: World, folder: Path, quality: int) -> int:
     """XYZ tiles from ``min_zoom`` up to the first zoom at least as fine as the raster; returns the count.
 
-    At ``max_zoom`` only tiles wholly inside the raster are written (that is the declared coverage);
-    coarser zooms cover the whole raster.
+    Tiles reaching beyond the raster are black there, so ``layout.yaml`` records the raster's bounds as
+    ``coverage`` (a jzi key that tiledwebmaps ignores).
     """
     s, n, w, e = world.bounds
     lat_c = (s + n) / 2
@@ -343,10 +369,7 @@ def write_xyz(world: World, folder: Path, quality: int) -> int:
     count = 0
     for z in range(world.cfg.min_zoom, max_zoom + 1):
         (x0, y0), (x1, y1) = latlon_to_tile([n, w], z), latlon_to_tile([s, e], z)
-        if z == max_zoom:
-            xr, yr = range(int(math.ceil(x0)), int(math.floor(x1))), range(int(math.ceil(y0)), int(math.floor(y1)))
-        else:
-            xr, yr = range(int(x0), int(x1) + 1), range(int(y0), int(y1) + 1)
+        xr, yr = range(int(x0), int(x1) + 1), range(int(y0), int(y1) + 1)
         grid = (np.arange(256) + 0.5) / 256
         tile_mpp = zoom_meters_per_pixel(z, lat_c)
         for tx in xr:
@@ -357,7 +380,8 @@ def write_xyz(world: World, folder: Path, quality: int) -> int:
                 out.parent.mkdir(parents=True, exist_ok=True)
                 cv2.imwrite(str(out), cv2.cvtColor(tile, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
                 count += 1
-    (folder / "layout.yaml").write_text(f"preset: XYZ\nmin_zoom: {world.cfg.min_zoom}\nmax_zoom: {max_zoom}\n")
+    (folder / "layout.yaml").write_text(f"preset: XYZ\nmin_zoom: {world.cfg.min_zoom}\nmax_zoom: {max_zoom}\n"
+                                        f"coverage: [{s!r}, {n!r}, {w!r}, {e!r}]  # south, north, west, east\n")
     return count
 
 

@@ -317,11 +317,24 @@ class XYZSource(ImagerySource):
         except (KeyError, TypeError, ValueError):
             raise ImageryError(f"{layout}: needs integer min_zoom and max_zoom") from None
         self.pattern = str(cfg.get("path", "{zoom}/{x}/{y}.jpg"))
-        self.coverage = self._scan_coverage()
+        self.coverage = self._declared_coverage(cfg.get("coverage"), layout) or self._scan_coverage()
         with _twm_proj_env() as twm:
             self.loader = twm.Disk(path=str(self.folder / self.pattern), layout=twm.Layout.XYZ(),
                                    min_zoom=self.min_zoom, max_zoom=self.max_zoom, wait_after_last_modified=0.0)
         self._padded = {}
+
+    @staticmethod
+    def _declared_coverage(value, layout):
+        """Optional ``coverage: [south, north, west, east]`` (degrees) in layout.yaml, a jzi extension."""
+        if value is None:
+            return None
+        try:
+            s, n, w, e = (float(v) for v in value)
+        except (TypeError, ValueError):
+            raise ImageryError(f"{layout}: coverage must be [south, north, west, east] in degrees") from None
+        if not (-90 <= s < n <= 90 and -180 <= w < e <= 180):
+            raise ImageryError(f"{layout}: coverage {value} is not a valid [south, north, west, east]")
+        return (s, n, w, e)
 
     def _scan_coverage(self):
         """Bounds of the tiles present at max_zoom (pattern ``{zoom}/{x}/{y}.ext``)."""

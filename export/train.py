@@ -1,0 +1,494 @@
+"""jzi-train: train a Just Zoom In model on a dataset in the authors' format (DESIGN §2 recipe).
+
+    jzi-train DATA --out runs/tiny --preset tiny --minutes 10
+    torchrun --nproc_per_node 4 -m jzi.export.train DATA --out runs/official --preset official
+    jzi-train DATA --out runs/tiny --eval                      # test-split metrics of runs/tiny/best.pt
+
+Recipe: cross-entropy with label smoothing over all steps, teacher forcing (views along the true
+path), AdamW, linear warm-up then cosine to 10 % of the peak, gradient clipping, fp16 autocast on
+CUDA, DDP under torchrun. Checkpoints (the authors' layout, see checkpoint.py): ``last.pt`` every
+epoch (with optimizer state, for ``--resume``), ``epoch_N.pt`` every ``--save-every`` epochs, and
+``best.pt`` by validation R@40m (ties broken by R@100m, then median error). ``history.json`` holds
+the learning curve.
+
+``--frozen-encoder`` keeps the encoder fixed, encodes every satellite view and every street photo
+once (plus ``--street-copies - 1`` augmented copies of each), and trains the decoder from those
+cached embeddings: many epochs per minute on a CPU. ``--minutes`` stops on a time budget and
+stretches the learning-rate schedule over it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from jzi.runtime.geometry import Region
+
+from .checkpoint import CheckpointError, extract_state_dict, load_checkpoint, load_state_into, read_torch_file, \
+    save_checkpoint
+from .config import PRESETS, get_preset
+from .data import DataError, ViewBank, ZoomDataset, collate, image_path, load_street_image, read_split, \
+    split_halves, stretch_street, street_transforms, half_dropout, worker_init
+from .evaluate import ViewEmbeddings, evaluate, format_table, path_metrics, predict, write_json
+from .model import JustZoomIn, normalize
+
+
+def lr_factor(progress: float, warmup: float = 0.05, floor: float = 0.1) -> float:
+    """Multiplier of the peak rate at training progress 0..1: linear warm-up, then cosine to ``floor``."""
+    progress = min(max(progress, 0.0), 1.0)
+    if warmup > 0 and progress < warmup:
+        return (progress + 1e-3) / (warmup + 1e-3)
+    t = (progress - warmup) / max(1.0 - warmup, 1e-9)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def dataset_region(root, image_size: int) -> Region:
+    """The region of a synthetic world (``world.json``), else the authors' default region."""
+    info = Path(root) / "world.json"
+    region = Region.default()
+    if info.is_file():
+        try:
+            region = Region.from_dict(json.loads(info.read_text())["config"]["region"])
+        except (KeyError, ValueError, TypeError) as e:
+            raise DataError(f"{info}: unreadable world description ({e})") from None
+    return Region(region.center_lat, region.center_lon, region.size_m, region.grid, region.steps, image_size)
+
+
+class Distributed:
+    """torchrun/DDP if WORLD_SIZE > 1, otherwise a single process."""
+
+    def __init__(self, device_arg: str | None):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if self.world > 1:
+            import torch.distributed as dist
+
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            dist.init_process_group(backend)
+            self.device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+        else:
+            self.device = torch.device(device_arg or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def wrap(self, model):
+        if self.world == 1:
+            return model
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        return DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    def mean(self, value: float) -> float:
+        if self.world == 1:
+            return value
+        import torch.distributed as dist
+
+        t = torch.tensor([value], device=self.device, dtype=torch.float64)
+        dist.all_reduce(t)
+        return float(t.item()) / self.world
+
+    def barrier(self):
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def close(self):
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+class SharedViewsForward(torch.nn.Module):
+    """The teacher-forcing forward with each distinct view of a batch encoded once (one module for DDP)."""
+
+    def __init__(self, model: JustZoomIn):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ground, views, inverse, actions):
+        """ground [B, 2, 3, H, W], distinct views [U, 3, H, W], inverse [B, S] rows into them, actions [B, S]."""
+        g = self.model.encode_street(ground)
+        return self.model.decoder(g, self.model.encode_views(views)[inverse], actions)
+
+
+# ---- frozen-encoder mode: cached embeddings -----------------------------------------------------------------
+@torch.no_grad()
+def encode_streets(model: JustZoomIn, root, records, copies: int, device, seed: int, batch: int = 128,
+                   progress: bool = False) -> torch.Tensor:
+    """Street embeddings [N, copies, D]: copy 0 plain, the rest augmented like training photos."""
+    size = model.cfg.image_size
+    tf, drop = street_transforms(size, seed), half_dropout(seed + 1)
+    out = torch.zeros(len(records), copies, model.cfg.width)
+    pending, where = [], []
+
+    def flush():
+        if pending:
+            x = normalize(torch.from_numpy(np.stack(pending)).to(device))
+            out[tuple(zip(*where))] = model.encode_street(x).float().cpu()
+            pending.clear()
+            where.clear()
+
+    it = range(len(records))
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(it, desc="encode street photos", unit="img", leave=False)
+    for i in it:
+        img = load_street_image(image_path(root, records[i].image_id))
+        if img is None:
+            raise DataError(f"{records[i].image_id}: street photo vanished or became unreadable during training")
+        for c in range(copies):
+            if c == 0:
+                halves = split_halves(stretch_street(img, size))
+            else:
+                halves = np.stack([drop(image=h)["image"] for h in split_halves(tf(image=img)["image"])])
+            pending.append(halves)
+            where.append((i, c))
+        if len(pending) >= batch:
+            flush()
+    flush()
+    return out
+
+
+# ---- the training run ------------------------------------------------------------------------------------------
+class Run:
+    def __init__(self, a, dist: Distributed):
+        self.a, self.dist = a, dist
+        self.out = Path(a.out)
+        self.device = dist.device
+        self.log = print if dist.main else (lambda *x, **k: None)
+        torch.manual_seed(a.seed)
+        np.random.seed(a.seed)
+        cfg = get_preset(a.preset)
+        region = dataset_region(a.data, cfg.image_size)
+        cfg = cfg.with_region(region)
+        if a.frozen_encoder:
+            cfg = cfg.__class__(**{**cfg.to_dict(), "trainable_encoder_layers": 0})
+        self.cfg = cfg
+        self.model = JustZoomIn(cfg)
+        if a.init:
+            init, _ = load_checkpoint(a.init)
+            load_state_into(self.model, init.state_dict(), a.init)
+        self.model.set_trainable()
+        self.model.to(self.device)
+        self.train_records = read_split(a.data, a.train_split, cfg.zoom, on_bad=a.on_bad, log=self.log)
+        self.val_records = read_split(a.data, a.val_split, cfg.zoom, on_bad=a.on_bad, log=self.log)
+        if a.limit:
+            self.train_records = self.train_records[:a.limit]
+        imagery = a.imagery or Path(a.data) / "satellite"
+        self.bank = ViewBank(imagery, cfg.zoom, cache=self.out / f"views_{cfg.image_size}px.npy",
+                             progress=dist.main and not a.quiet)
+        params = [p for p in (self.model.decoder if a.frozen_encoder else self.model).parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=a.lr, weight_decay=a.weight_decay)
+        self.amp = self.device.type == "cuda" and not a.no_amp
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.state = {"epoch": 0, "step": 0, "elapsed_s": 0.0, "best": None, "history": []}
+        if a.resume:
+            self._resume()
+
+    # -- checkpoints --
+    def _resume(self):
+        path = self.out / "last.pt"
+        if not path.is_file():
+            self.log(f"no {path} to resume from; starting fresh")
+            return
+        obj = read_torch_file(path)
+        load_state_into(self.model, extract_state_dict(obj, path), path)
+        self.model.to(self.device)
+        if "optimizer_state_dict" in obj:
+            self.optimizer.load_state_dict(obj["optimizer_state_dict"])
+        if "scaler_state_dict" in obj and self.amp:
+            self.scaler.load_state_dict(obj["scaler_state_dict"])
+        self.state = obj.get("train_state", self.state)
+        if "torch_rng_state" in obj:  # dropout draws continue as if never interrupted
+            torch.set_rng_state(obj["torch_rng_state"])
+        self.log(f"resumed from {path} at epoch {self.state['epoch']} (step {self.state['step']})")
+
+    def save(self, name: str, full: bool = False):
+        if not self.dist.main:
+            return
+        extra = {"epoch": self.state["epoch"], "train_state": self.state,
+                 "train_args": {k: v for k, v in vars(self.a).items()}}
+        if full:
+            extra["optimizer_state_dict"] = self.optimizer.state_dict()
+            extra["torch_rng_state"] = torch.get_rng_state()
+            if self.amp:
+                extra["scaler_state_dict"] = self.scaler.state_dict()
+        save_checkpoint(self.model, self.out / name, **extra)
+
+    # -- the schedule --
+    def progress(self, total_steps: int, elapsed: float) -> float:
+        p = self.state["step"] / max(total_steps, 1)
+        if self.a.minutes:
+            p = max(p, elapsed / (60 * self.a.minutes))
+        return p
+
+    def out_of_time(self, elapsed: float) -> bool:
+        return bool(self.a.minutes) and elapsed >= 60 * self.a.minutes
+
+    def step(self, loss_fn, total_steps: int, elapsed: float) -> float:
+        for g in self.optimizer.param_groups:
+            g["lr"] = self.a.lr * lr_factor(self.progress(total_steps, elapsed), self.a.warmup)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):
+            loss = loss_fn()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.a.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
+                                           self.a.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.state["step"] += 1
+        return float(loss.detach())
+
+    def ce(self, logits, actions):
+        return F.cross_entropy(logits.float().flatten(0, 1), actions.flatten(), label_smoothing=self.a.label_smoothing)
+
+    # -- the loop --
+    def fit(self) -> dict:
+        a, model = self.a, self.model
+        if a.frozen_encoder:
+            batches, per_epoch, validate = self._frozen_setup()
+        else:
+            batches, per_epoch, validate = self._full_setup()
+        epochs = a.epochs if a.epochs is not None else (10_000 if a.minutes else 30)
+        total_steps = epochs * per_epoch
+        start = time.perf_counter() - self.state["elapsed_s"]
+        self.log(f"training preset {self.cfg.preset} on {len(self.train_records)} queries "
+                 f"({'frozen encoder, cached embeddings' if a.frozen_encoder else 'end to end'}), "
+                 f"{per_epoch} steps/epoch, device {self.device}"
+                 + (f", budget {a.minutes:g} min" if a.minutes else f", {epochs} epochs"))
+        while self.state["epoch"] < epochs and not self.out_of_time(time.perf_counter() - start):
+            epoch = self.state["epoch"]
+            model.train()
+            losses, seen, t_epoch = [], 0, time.perf_counter()
+            bar = None
+            if self.dist.main and not a.quiet:
+                from tqdm import tqdm
+
+                bar = tqdm(total=per_epoch, desc=f"epoch {epoch + 1}", unit="step", leave=False)
+            for n, loss_fn in batches(epoch):
+                elapsed = time.perf_counter() - start
+                if self.out_of_time(elapsed):
+                    break
+                losses.append(self.step(loss_fn, total_steps, elapsed))
+                seen += n
+                if bar is not None:
+                    rate = seen * self.dist.world / max(time.perf_counter() - t_epoch, 1e-9)
+                    bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", rate=f"{rate:.0f}/s",
+                                    lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+                    bar.update(1)
+            if bar is not None:
+                bar.close()
+            if not losses:
+                break
+            self.state["epoch"] = epoch + 1
+            self.state["elapsed_s"] = time.perf_counter() - start
+            entry = {"epoch": epoch + 1, "step": self.state["step"], "elapsed_s": round(self.state["elapsed_s"], 1),
+                     "train_loss": self.dist.mean(float(np.mean(losses))), "lr": self.optimizer.param_groups[0]["lr"],
+                     "samples_per_s": round(seen * self.dist.world / max(time.perf_counter() - t_epoch, 1e-9), 1)}
+            last = self.state["epoch"] >= epochs or self.out_of_time(time.perf_counter() - start)
+            if (epoch + 1) % a.val_every == 0 or last:
+                m = validate()
+                entry.update({k: m[k] for k in ("R@40m", "R@50m", "R@100m", "strict", "median_error_m")})
+                key = [m["R@40m"], m["R@100m"], -m["median_error_m"]]
+                if self.state["best"] is None or key > self.state["best"]:
+                    self.state["best"] = key
+                    self.save("best.pt")
+                    entry["best"] = True
+            self.state["history"].append(entry)
+            self.log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in entry.items()))
+            self.save("last.pt", full=True)
+            if a.save_every and (epoch + 1) % a.save_every == 0:
+                self.save(f"epoch_{epoch + 1}.pt")
+            if self.dist.main:
+                write_json(self.state["history"], self.out / "history.json")
+        return self.state
+
+    def _full_setup(self):
+        """End to end. A batch's queries share most views (one level-0 view, at most 16 level-1 views), so
+        each distinct view is augmented and encoded once per batch and its embedding shared."""
+        a = self.a
+        model = self.dist.wrap(SharedViewsForward(self.model))
+        ds = ZoomDataset(a.data, self.train_records, self.bank, augment=not a.no_augment, seed=a.seed,
+                         with_views=False)
+        sampler = None
+        if self.dist.world > 1:
+            sampler = torch.utils.data.DistributedSampler(ds, shuffle=True, seed=a.seed)
+        gen = torch.Generator().manual_seed(a.seed)
+        loader = torch.utils.data.DataLoader(ds, batch_size=a.batch_size, shuffle=sampler is None, sampler=sampler,
+                                             num_workers=a.workers, collate_fn=collate, drop_last=len(ds) > a.batch_size,
+                                             worker_init_fn=worker_init, generator=gen,
+                                             persistent_workers=a.workers > 0, pin_memory=self.device.type == "cuda")
+
+        def loss_fn(ground, rows, act):
+            unique, inverse = torch.unique(rows, return_inverse=True)
+            views = torch.from_numpy(ds.view_images(unique.numpy())).to(self.device)
+            return self.ce(model(normalize(ground), normalize(views), inverse.to(self.device), act), act)
+
+        def batches(epoch):
+            if sampler is not None:
+                sampler.set_epoch(epoch)
+            gen.manual_seed(a.seed + epoch)
+            for b in loader:
+                if b is None:
+                    continue
+                ground = b["ground"].to(self.device, non_blocking=True)
+                act = b["actions"].to(self.device, non_blocking=True)
+                yield len(act), (lambda ground=ground, rows=b["view_rows"], act=act: loss_fn(ground, rows, act))
+
+        def validate():
+            return evaluate(self.model, a.data, a.val_split, bank=self.bank, batch_size=a.batch_size,
+                            device=self.device, log=lambda *x: None)
+
+        return batches, len(loader), validate
+
+    def _frozen_setup(self):
+        a, model = self.a, self.model
+        model.eval()  # the encoder never trains here; dropout in the decoder is switched on per step
+        t0 = time.perf_counter()
+        views = ViewEmbeddings(model, self.bank, self.device)
+        view_table = views.encode_all()
+        show = self.dist.main and not a.quiet
+        train_g = encode_streets(model, a.data, self.train_records, a.street_copies, self.device, a.seed,
+                                 progress=show).to(self.device)
+        val_g = encode_streets(model, a.data, self.val_records, 1, self.device, a.seed, progress=show)[:, 0]
+        self.log(f"cached {len(view_table)} view and {train_g.shape[0] * train_g.shape[1] + len(val_g)} street "
+                 f"embeddings in {time.perf_counter() - t0:.1f} s")
+        paths = torch.tensor([r.path for r in self.train_records], device=self.device)
+        view_rows = torch.from_numpy(self.bank.indices(paths.cpu().numpy())).to(self.device)
+        decoder = self.dist.wrap(model.decoder)
+        n, copies = train_g.shape[:2]
+        per_epoch = max(1, n // (a.batch_size * self.dist.world))
+
+        def batches(epoch):
+            gen = torch.Generator().manual_seed(a.seed * 7919 + epoch)
+            order = torch.randperm(n, generator=gen)[self.dist.rank::self.dist.world]
+            copy = torch.randint(0, copies, (n,), generator=gen)
+            decoder.train()
+            for s in range(per_epoch):
+                idx = order[s * a.batch_size:(s + 1) * a.batch_size].to(self.device)
+                if len(idx) == 0:
+                    break
+                g = train_g[idx, copy[idx.cpu()].to(self.device)]
+                act = paths[idx]
+                yield len(idx), (lambda g=g, act=act, rows=view_rows[idx]: self.ce(decoder(g, view_table[rows], act), act))
+            decoder.eval()
+
+        val_truth = np.array([r.path for r in self.val_records])
+        val_latlon = np.array([r.latlon for r in self.val_records])
+
+        def validate():
+            model.eval()
+            pred, _ = predict(model, val_g.to(self.device), views)
+            return path_metrics(pred, val_truth, val_latlon, self.cfg.zoom)
+
+        return batches, per_epoch, validate
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="jzi-train", description="Train (or with --eval, test) a Just Zoom In model "
+                                "on a dataset in the authors' format.")
+    p.add_argument("data", help="dataset root: metadata/<split>.csv, streetview/images/, satellite/layout.yaml")
+    p.add_argument("--out", required=True, help="run folder: checkpoints, history.json, cached views")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    p.add_argument("--imagery", help="satellite imagery (XYZ folder or GeoTIFF); default DATA/satellite")
+    p.add_argument("--epochs", type=int, help="epochs (default 30, or unbounded with --minutes)")
+    p.add_argument("--minutes", type=float, help="time budget: stop after this many minutes of training")
+    p.add_argument("--batch-size", type=int, default=64, help="per process (default %(default)s)")
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--warmup", type=float, default=0.05, help="warm-up share of training (default %(default)s)")
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm; 0 disables")
+    p.add_argument("--frozen-encoder", action="store_true",
+                   help="train the decoder from cached embeddings of a fixed encoder (fast on CPU)")
+    p.add_argument("--street-copies", type=int, default=4,
+                   help="frozen mode: embeddings per street photo, 1 plain + augmented (default %(default)s)")
+    p.add_argument("--init", help="start from this checkpoint's weights (e.g. a pretrained encoder)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt after an interruption")
+    p.add_argument("--save-every", type=int, default=5, help="also keep epoch_N.pt every N epochs; 0 = never")
+    p.add_argument("--val-every", type=int, default=1, help="validate every N epochs")
+    p.add_argument("--train-split", default="train")
+    p.add_argument("--val-split", default="val")
+    p.add_argument("--test-split", default="test")
+    p.add_argument("--limit", type=int, help="use only the first N training queries")
+    p.add_argument("--on-bad", choices=("skip", "error"), default="skip", help="bad rows: skip them or refuse")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--no-amp", action="store_true", help="no fp16 autocast on CUDA")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--eval", action="store_true", help="no training: test OUT/best.pt (or --checkpoint)")
+    p.add_argument("--checkpoint", help="with --eval: the checkpoint to test")
+    p.add_argument("--no-test", action="store_true", help="do not test best.pt on the test split after training")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    a = p.parse_args(argv)
+    for name in ("batch_size", "street_copies", "val_every"):
+        if getattr(a, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if a.epochs is not None and a.epochs < 1:
+        p.error("--epochs must be >= 1")
+    if a.minutes is not None and a.minutes <= 0:
+        p.error("--minutes must be > 0")
+    if not 0 <= a.warmup < 1 or not 0 <= a.label_smoothing < 1:
+        p.error("--warmup and --label-smoothing must be within [0, 1)")
+    return a
+
+
+def test_checkpoint(path, a, log=print) -> dict:
+    model, _ = load_checkpoint(path)
+    m = evaluate(model, a.data, a.test_split, imagery=a.imagery, batch_size=a.batch_size,
+                 device=a.device or ("cuda" if torch.cuda.is_available() else "cpu"), progress=not a.quiet, log=log)
+    write_json(m, Path(a.out) / f"{a.test_split}_metrics.json")
+    log(format_table(m, f"{path} on {a.test_split}"))
+    return m
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    from jzi.runtime.imagery import ImageryError
+
+    try:
+        if a.eval:
+            test_checkpoint(a.checkpoint or Path(a.out) / "best.pt", a)
+            return 0
+        dist = Distributed(a.device)
+        try:
+            run = Run(a, dist)
+            run.fit()
+            dist.barrier()
+        finally:
+            dist.close()
+        if dist.main and not a.no_test and (Path(a.out) / "best.pt").is_file():
+            test_checkpoint(Path(a.out) / "best.pt", a)
+    except (CheckpointError, DataError, ImageryError, OSError) as e:
+        print(f"jzi-train: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("jzi-train: interrupted; continue with --resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
