@@ -7,7 +7,6 @@ and every problem is one ``CheckpointError`` line.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import re
@@ -16,6 +15,8 @@ import zipfile
 from pathlib import Path
 
 import torch
+
+from jzi.runtime.bundle import sha256_file
 
 from .config import ModelConfig, get_preset
 from .model import JustZoomIn
@@ -33,14 +34,6 @@ _LEGACY_TO_NEW = [
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used, with one line saying why."""
-
-
-def sha256_file(path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ---- key layouts ---------------------------------------------------------------------------------
