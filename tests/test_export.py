@@ -240,6 +240,21 @@ def test_parity_gate_catches_a_wrong_graph(bundles, reference):
     assert E.check_parity(paths, model, "int8", settings, threads=1)["passed"]  # int8 gate: finite, agreeing
 
 
+def test_quantized_gate_judges_decisive_rollouts_only(bundles):
+    figures = load_manifest(bundles["int8"])["parity"]
+    e2e = figures["end_to_end"]
+    e2e.update(path_agreement=0.5, decisive_queries=0, decisive_path_agreement=None)
+    assert E.parity_failures(figures, "int8") == []  # nothing decisive: near-ties may flip
+    e2e.update(decisive_queries=8, decisive_path_agreement=0.5)
+    assert E.parity_failures(figures, "int8") == [
+        "end_to_end: 50.0% of 8 decisive rollouts take PyTorch's path (< 75%)"]
+    e2e.update(decisive_path_agreement=1.0)
+    assert E.parity_failures(figures, "int8") == []
+    assert E.parity_failures(figures, "fp32")[-1] == "end_to_end: paths differ on 50.0% of queries"
+    figures["street_encoder"]["finite"] = False
+    assert "street_encoder: NaN or Inf in the ONNX output" in E.parity_failures(figures, "int8")
+
+
 def test_failed_parity_leaves_nothing(checkpoint, tmp_path, monkeypatch):
     monkeypatch.setattr(E, "FP32_MAX_REL", 0.0)  # no real export meets a zero tolerance
     out = tmp_path / "bundle"
