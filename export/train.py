@@ -274,8 +274,12 @@ class Run:
                  f"({'frozen encoder, cached embeddings' if a.frozen_encoder else 'end to end'}), "
                  f"{per_epoch} steps/epoch, device {self.device}"
                  + (f", budget {a.minutes:g} min" if a.minutes else f", {epochs} epochs"))
+        first_epoch = self.state["epoch"]
         while self.state["epoch"] < epochs and not self.out_of_time(time.perf_counter() - start):
             epoch = self.state["epoch"]
+            if a.pause_after and epoch - first_epoch >= a.pause_after:
+                self.log(f"pausing after epoch {epoch}; continue with --resume")
+                break
             model.train()
             losses, seen, t_epoch = [], 0, time.perf_counter()
             bar = None
@@ -423,6 +427,8 @@ def parse_args(argv=None):
                    help="frozen mode: embeddings per street photo, 1 plain + augmented (default %(default)s)")
     p.add_argument("--init", help="start from this checkpoint's weights (e.g. a pretrained encoder)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt after an interruption")
+    p.add_argument("--pause-after", type=int, help="stop after N epochs of this session, resumable with --resume "
+                   "(for time-sliced jobs); the schedule still spans --epochs")
     p.add_argument("--save-every", type=int, default=5, help="also keep epoch_N.pt every N epochs; 0 = never")
     p.add_argument("--val-every", type=int, default=1, help="validate every N epochs")
     p.add_argument("--train-split", default="train")

@@ -1,0 +1,118 @@
+"""The dataset loader: validation of bad rows, teacher-forcing samples, augmentations, the view bank."""
+import csv
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+from jzi.export.config import get_preset
+from jzi.export.data import (DataError, ViewBank, ZoomDataset, collate, image_path, parse_sequence, read_split,
+                             split_halves, stretch_street)
+from jzi.export.synthetic import WorldConfig, make_world
+from jzi.runtime.imagery import open_source
+
+REGION = get_preset("tiny").zoom
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "w"
+    make_world(out, WorldConfig(seed=4, meters_per_pixel=10.0, sizes=(12, 4, 4)), log=lambda *a: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def bank(world, tmp_path_factory):
+    return ViewBank(world / "satellite", REGION, cache=tmp_path_factory.mktemp("bank") / "views.npy")
+
+
+def test_parse_sequence():
+    assert parse_sequence("[4, 13, 1, 7]", 4, 16) == (4, 13, 1, 7)
+    for bad in ("[4, 13, 1", "[4, 13, 1]", "[4, 13, 1, 16]", "[4, 13, 1, 'a']", "4 13 1 7", "[4, 13, 1, 7.0]"):
+        with pytest.raises(ValueError):
+            parse_sequence(bad, 4, 16)
+
+
+def test_bad_rows_are_counted_named_and_skipped_or_refused(world, tmp_path):
+    root = tmp_path / "broken"
+    shutil.copytree(world, root)
+    rows = list(csv.DictReader(open(world / "metadata" / "train.csv", newline="")))
+    image_path(root, rows[0]["image_id"]).unlink()  # missing
+    image_path(root, rows[1]["image_id"]).write_bytes(b"\xff\xd8 this is not a jpeg")  # corrupt
+    rows[2]["latitude"] = "10.0"  # outside the region
+    rows[3]["sequence"] = "[1, 2"  # malformed
+    rows[4]["sequence"] = "[1, 2, 3]"  # wrong length
+    rows[5]["longitude"] = "east"  # not a number
+    with open(root / "metadata" / "train.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    lines = []
+    records = read_split(root, "train", REGION, log=lines.append)
+    assert len(records) == len(rows) - 6
+    assert len(lines) == 1
+    line = lines[0]
+    for kind, n in (("missing image", 1), ("corrupt image", 1), ("outside region", 1), ("malformed sequence", 2),
+                    ("bad coordinates", 1)):
+        assert f"{n} {kind}" in line, line
+    assert rows[0]["image_id"] in line and rows[1]["image_id"] in line
+    with pytest.raises(DataError, match="refused"):
+        read_split(root, "train", REGION, on_bad="error")
+
+
+def test_bad_metadata_files_are_one_clear_error(world, tmp_path):
+    with pytest.raises(DataError, match="no such metadata"):
+        read_split(world, "nope", REGION)
+    (tmp_path / "metadata").mkdir()
+    (tmp_path / "metadata" / "x.csv").write_text("image_id,latitude\na,1\n")
+    with pytest.raises(DataError, match="missing column"):
+        read_split(tmp_path, "x", REGION)
+
+
+def test_samples_follow_the_true_path(world, bank):
+    records = read_split(world, "train", REGION)
+    ds = ZoomDataset(world, records, bank, augment=False)
+    src = open_source(world / "satellite")
+    s = ds[3]
+    rec = records[3]
+    assert s["ground"].shape == (2, 64, 64, 3) and s["views"].shape == (4, 64, 64, 3)
+    assert s["actions"].tolist() == list(rec.path)
+    centers = REGION.view_centers(np.array(rec.path[:3]))
+    for level in range(4):
+        expected = src.render(centers[level], REGION.level_size_m(level), 64)
+        np.testing.assert_array_equal(s["views"][level].numpy(), expected)
+    photo = cv2.cvtColor(cv2.imread(str(image_path(world, rec.image_id))), cv2.COLOR_BGR2RGB)
+    np.testing.assert_array_equal(s["ground"].numpy(), split_halves(stretch_street(photo, 64)))
+
+
+def test_augmentation_keeps_level_zero_and_shapes(world, bank):
+    records = read_split(world, "train", REGION)
+    plain = ZoomDataset(world, records, bank, augment=False)[0]
+    aug = ZoomDataset(world, records, bank, augment=True, seed=1)[0]
+    assert aug["ground"].shape == plain["ground"].shape and aug["views"].shape == plain["views"].shape
+    assert (aug["views"][0] == plain["views"][0]).all()  # level 0 is never augmented
+    assert not (aug["ground"] == plain["ground"]).all()
+    again = ZoomDataset(world, records, bank, augment=True, seed=1)[0]
+    assert (again["ground"] == aug["ground"]).all()  # deterministic by seed
+
+
+def test_an_image_corrupted_after_validation_is_dropped_not_fatal(world, bank, tmp_path):
+    root = tmp_path / "late"
+    shutil.copytree(world, root)
+    records = read_split(root, "train", REGION)
+    image_path(root, records[1].image_id).write_bytes(b"garbage")
+    ds = ZoomDataset(root, records, bank)
+    batch = collate([ds[i] for i in range(4)])
+    assert batch["dropped"] == 1 and batch["ground"].shape[0] == 3
+
+
+def test_view_bank_cache_and_lazy_rendering_agree(world, bank, tmp_path):
+    assert bank.views.shape == (REGION.total_views, 64, 64, 3)
+    cached = ViewBank(world / "satellite", REGION, cache=tmp_path / "v.npy")
+    reread = ViewBank("/nonexistent-imagery", REGION, cache=tmp_path / "v.npy")  # served from the cache
+    lazy = ViewBank(world / "satellite", REGION, prerender_px=0)
+    rows = bank.indices(np.array([[0, 1, 2, 3], [15, 14, 13, 12]]))
+    assert rows[:, 0].tolist() == [0, 0] and rows[0, 1] == 1 and rows[1, 3] == REGION.level_offset(3) + 15 * 256 + 14 * 16 + 13
+    for b in (cached, reread, lazy):
+        np.testing.assert_array_equal(b.images(rows), bank.images(rows))

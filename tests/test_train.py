@@ -1,0 +1,169 @@
+"""jzi-train and jzi-eval: the schedule, metrics, checkpoints, resume, frozen-encoder mode, bad input."""
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from jzi.export.checkpoint import load_checkpoint, read_torch_file, save_checkpoint
+from jzi.export.config import get_preset
+from jzi.export.data import ViewBank
+from jzi.export.evaluate import evaluate, path_metrics
+from jzi.export.model import JustZoomIn
+from jzi.export.synthetic import WorldConfig, make_world
+from jzi.export.train import lr_factor
+
+REGION = get_preset("tiny").zoom
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    out = tmp_path_factory.mktemp("train") / "w"
+    make_world(out, WorldConfig(seed=7, meters_per_pixel=10.0, sizes=(16, 6, 6)), log=lambda *a: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def views_cache(world, tmp_path_factory):
+    """Rendered views shared by the runs below (a run reuses OUT/views_64px.npy when present)."""
+    path = tmp_path_factory.mktemp("views") / "views_64px.npy"
+    ViewBank(world / "satellite", REGION, cache=path)
+    return path
+
+
+def cli(module, *args, timeout=300):
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def run_train(world, out, views_cache, *args):
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / views_cache.name).exists():
+        shutil.copy(views_cache, out / views_cache.name)
+    r = cli("jzi.export.train", world, "--out", out, "--quiet", "--threads", "2", *args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def test_lr_schedule_warms_up_then_decays_to_a_tenth():
+    assert lr_factor(0.0) < 0.05
+    assert lr_factor(0.05) == pytest.approx(1.0)
+    assert lr_factor(1.0) == pytest.approx(0.1)
+    assert lr_factor(0.5) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * 0.45 / 0.95)))
+    after = [lr_factor(p) for p in np.linspace(0.05, 1, 50)]
+    assert all(a >= b for a, b in zip(after, after[1:]))
+
+
+def test_path_metrics_by_hand():
+    truth = np.array([[5, 6, 9, 3], [5, 6, 9, 3], [5, 6, 9, 3], [1, 1, 1, 1]])
+    latlon = REGION.path_center(truth)  # queries at the centres of their final cells
+    pred = np.array([[5, 6, 9, 3],      # right: 0 m
+                     [5, 6, 9, 2],      # last step one cell west: 39.06 m off
+                     [5, 6, 9, 1],      # two cells west: 78.1 m
+                     [2, 1, 1, 1]])     # wrong district: kilometres
+    m = path_metrics(pred, truth, latlon, REGION)
+    assert m["R@40m"] == 0.5 and m["R@50m"] == 0.5 and m["R@100m"] == 0.75
+    assert m["strict"] == 0.25
+    assert m["step_accuracy"] == [0.75, 0.75, 0.75, 0.25]
+    assert m["conditional_step_accuracy"] == [0.75, 1.0, 1.0, pytest.approx(1 / 3)]
+    assert m["median_error_m"] == pytest.approx((39.0625 + 78.125) / 2, abs=0.1)
+
+
+def test_train_writes_checkpoints_history_and_test_metrics(world, views_cache, tmp_path):
+    out = tmp_path / "run"
+    r = run_train(world, out, views_cache, "--epochs", "2", "--batch-size", "8", "--save-every", "1")
+    for name in ("last.pt", "best.pt", "epoch_1.pt", "epoch_2.pt", "history.json", "test_metrics.json"):
+        assert (out / name).is_file(), name
+    history = json.loads((out / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2] and history[1]["step"] == 4  # 16 queries / batch 8
+    assert all("R@40m" in h and np.isfinite(h["train_loss"]) for h in history)
+    assert "R@100m" in r.stdout and "strict path accuracy" in r.stdout  # the test table
+    # the checkpoint is the authors' layout and loads with weights_only; its test metrics are reproducible
+    raw = read_torch_file(out / "best.pt")
+    assert any(k.startswith("decoder.blocks.0.self_attn.q_proj") for k in raw["model_state_dict"])
+    model, info = load_checkpoint(out / "best.pt")
+    assert info["format"] == "jzi"
+    again = evaluate(model, world, "test", log=lambda *a: None)
+    saved = json.loads((out / "test_metrics.json").read_text())
+    assert again["paths"] == saved["paths"] and again["R@100m"] == saved["R@100m"]
+    # the model trained: last.pt differs from a fresh model of the same seed
+    torch.manual_seed(0)
+    fresh = JustZoomIn(get_preset("tiny"))
+    last, _ = load_checkpoint(out / "last.pt")
+    assert not torch.equal(fresh.decoder.output_head.weight, last.decoder.output_head.weight)
+
+
+def test_frozen_encoder_trains_only_the_decoder_and_resume_is_exact(world, views_cache, tmp_path):
+    torch.manual_seed(3)
+    init = tmp_path / "init.pt"
+    save_checkpoint(JustZoomIn(get_preset("tiny")), init)
+    common = ["--frozen-encoder", "--init", init, "--batch-size", "4", "--street-copies", "2", "--no-test"]
+    run_train(world, tmp_path / "straight", views_cache, *common, "--epochs", "3")
+    run_train(world, tmp_path / "resumed", views_cache, *common, "--epochs", "3", "--pause-after", "1")
+    r = run_train(world, tmp_path / "resumed", views_cache, *common, "--epochs", "3", "--resume")
+    assert "resumed from" in r.stdout
+    a, _ = load_checkpoint(tmp_path / "straight" / "last.pt")
+    b, _ = load_checkpoint(tmp_path / "resumed" / "last.pt")
+    start, _ = load_checkpoint(init)
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(pa, pb), name  # an interrupted run ends exactly where an uninterrupted one does
+    for (name, pa), ps in zip(a.encoder.state_dict().items(), start.encoder.state_dict().values()):
+        assert torch.equal(pa, ps), name  # the encoder never moved
+    assert not torch.equal(a.decoder.output_head.weight, start.decoder.output_head.weight)
+    history = json.loads((tmp_path / "resumed" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+
+
+def test_eval_cli_and_train_eval_agree(world, views_cache, tmp_path):
+    out = tmp_path / "run"
+    torch.manual_seed(1)
+    out.mkdir()
+    save_checkpoint(JustZoomIn(get_preset("tiny")), out / "best.pt")
+    shutil.copy(views_cache, out / views_cache.name)
+    r = cli("jzi.export.evaluate", out / "best.pt", world, "--split", "val", "--json", "--out", tmp_path / "m.json")
+    assert r.returncode == 0, r.stderr
+    printed = json.loads(r.stdout)
+    written = json.loads((tmp_path / "m.json").read_text())
+    assert printed["queries"] == 6 and printed["R@100m"] == written["R@100m"] and len(written["paths"]) == 6
+    r2 = cli("jzi.export.train", world, "--out", out, "--eval", "--test-split", "val", "--quiet")
+    assert r2.returncode == 0, r2.stderr
+    assert json.loads((out / "val_metrics.json").read_text())["paths"] == written["paths"]
+
+
+def test_bad_input_is_one_line_and_nonzero(world, tmp_path):
+    r = cli("jzi.export.train", tmp_path / "missing", "--out", tmp_path / "o", "--quiet")
+    assert r.returncode == 1 and "no such metadata" in r.stderr and "Traceback" not in r.stderr
+    r = cli("jzi.export.train", world, "--out", tmp_path / "o", "--epochs", "0")
+    assert r.returncode == 2 and "--epochs must be >= 1" in r.stderr
+    (tmp_path / "bad.pt").write_bytes(b"nope")
+    r = cli("jzi.export.evaluate", tmp_path / "bad.pt", world)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "not a checkpoint" in r.stderr
+    r = cli("jzi.export.train", world, "--out", tmp_path / "o2", "--eval", "--quiet")
+    assert r.returncode == 1 and "best.pt: no such file" in r.stderr
+
+
+@pytest.mark.gpu
+def test_fp16_autocast_training_on_cuda(world, views_cache, tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU (fp16 autocast path)")
+    out = tmp_path / "cuda"
+    run_train(world, out, views_cache, "--epochs", "1", "--batch-size", "8", "--device", "cuda")
+    raw = read_torch_file(out / "last.pt")
+    assert "scaler_state_dict" in raw  # the fp16 gradient scaler ran and was saved for resuming
+    assert json.loads((out / "history.json").read_text())[0]["train_loss"] > 0
+
+
+@pytest.mark.slow
+def test_ddp_with_torchrun_on_two_cpu_processes(world, views_cache, tmp_path):
+    out = tmp_path / "ddp"
+    out.mkdir()
+    shutil.copy(views_cache, out / views_cache.name)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+                        "-m", "jzi.export.train", str(world), "--out", str(out), "--epochs", "1", "--batch-size", "4",
+                        "--quiet", "--threads", "1", "--device", "cpu"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    history = json.loads((out / "history.json").read_text())
+    assert history[0]["step"] == 2  # 16 queries split over 2 processes, batch 4 each
