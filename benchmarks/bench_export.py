@@ -85,9 +85,17 @@ def bench_export(args) -> list[dict]:
 
 def bench_speed(args) -> list[dict]:
     import onnx
+    import onnxruntime as ort
 
     from jzi.export.checkpoint import load_checkpoint
-    from jzi.export.onnx_export import export_view_encoder, ort_session, prepare_for_export, to_fp16, to_int8
+    from jzi.export.onnx_export import export_view_encoder, prepare_for_export, to_fp16, to_int8
+
+    def runtime_session(path, threads):  # as the runtime's ort-cpu backend opens them (pre-packing on)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -105,7 +113,7 @@ def bench_speed(args) -> list[dict]:
         images = np.random.default_rng(0).integers(0, 256, (args.batch, s, s, 3), dtype=np.uint8)
         names = ["fp32", "int8"] + (["fp16"] if args.fp16 else [])
         for threads in args.threads:
-            sessions = {n: ort_session(tmp / f"{n}.onnx", threads) for n in names}
+            sessions = {n: runtime_session(tmp / f"{n}.onnx", threads) for n in names}
             for sess in sessions.values():  # warm-up: first runs allocate and pick kernels
                 sess.run(None, {"images": images})
             times = {n: [] for n in names}
