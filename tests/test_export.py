@@ -237,7 +237,7 @@ def test_parity_gate_catches_a_wrong_graph(bundles, reference):
     figures = E.check_parity(paths, model, "fp32", settings, threads=1)
     assert not figures["passed"]
     assert any(f.startswith("view_encoder: relative difference") for f in figures["failures"])
-    assert E.check_parity(paths, model, "int8", settings, threads=1)["passed"]  # int8 gate: finite, agreeing
+    assert E.parity_failures(figures, "int8") == []  # as an int8 export the same figures pass
 
 
 def test_quantized_gate_judges_decisive_rollouts_only(bundles):
