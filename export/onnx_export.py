@@ -675,8 +675,10 @@ def export_bundle(checkpoint, out=None, *, preset: str | None = None, precision:
         figures = check_parity(paths, model, precision, settings, threads)
         if not figures["passed"]:
             raise ExportError(f"parity check failed ({precision}): {'; '.join(figures['failures'])}")
+        epoch = info["epoch"]
+        epoch = epoch.item() if isinstance(epoch, torch.Tensor) and epoch.numel() == 1 else epoch
         source = {"name": Path(checkpoint).name, "sha256": info["sha256"], "format": info["format"],
-                  "epoch": info["epoch"]}
+                  "epoch": epoch if isinstance(epoch, (int, float)) else None}
         manifest = build_manifest(model, precision, source, figures, opset, time.perf_counter() - start)
         for graph, path in paths.items():
             set_metadata(path, manifest, graph)
