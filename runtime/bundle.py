@@ -8,6 +8,8 @@ A bundle is a directory::
     decoder.onnx             one zoom step with a fixed-size KV cache (all shapes static but batch)
     *.engine, *.timing.cache optional TensorRT engines built on the target device
 
+Encoder I/O names: input ``images``, output ``embedding`` (both encoders).
+
 Decoder step I/O (names follow HF Optimum where they apply; cache layout [B, heads, T, head_dim],
 T = 2 * steps):
 
