@@ -475,7 +475,7 @@ def check_parity(paths: dict, model: JustZoomIn, precision: str, settings: Parit
     else:
         figures["gates"].update(end_to_end_decisive_path_agreement=QUANTIZED_MIN_AGREEMENT,
                                 decisive_gap=DECISIVE_GAP,
-                                applied=figures["end_to_end"]["decisive_queries"] > 0)
+                                decisive_gate_applied=figures["end_to_end"]["decisive_queries"] > 0)
     figures["passed"] = not failures
     figures["failures"] = failures
     return figures
