@@ -21,6 +21,7 @@ from jzi.runtime.backends import open_backend
 from jzi.runtime.bundle import GRAPHS, MANIFEST, BundleError, load_manifest, sha256_file
 from jzi.runtime.localizer import Localizer
 from jzi.runtime.tiles import write_store
+from runtime_fixtures import make_bundle, make_checkpoint, rt_base  # noqa: F401
 
 PRECISIONS = ("fp32", "int8", "fp16")
 # how far each precision's encoders may move an embedding, relative to its largest component
@@ -33,15 +34,8 @@ def tiny_model(seed: int = 0) -> JustZoomIn:
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("export")
-
-
-@pytest.fixture(scope="module")
-def checkpoint(workdir) -> Path:
-    path = workdir / "tiny.pt"
-    save_checkpoint(tiny_model(), path)
-    return path
+def checkpoint(rt_base) -> Path:
+    return make_checkpoint(rt_base / "tiny.pt")  # seed-0 tiny model, shared with the runtime tests
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +47,9 @@ def reference(checkpoint) -> JustZoomIn:
 
 
 @pytest.fixture(scope="module")
-def bundles(workdir, checkpoint) -> dict[str, Path]:
-    return {p: E.export_bundle(checkpoint, workdir / f"bundle-{p}", precision=p)[0] for p in PRECISIONS}
+def bundles(rt_base, checkpoint) -> dict[str, Path]:
+    """One bundle per precision (exported once per test session; read-only here)."""
+    return {p: make_bundle(rt_base, p) for p in PRECISIONS}
 
 
 def run_cli(*args, cwd=None) -> subprocess.CompletedProcess:
