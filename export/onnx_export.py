@@ -36,7 +36,7 @@ from torch import nn
 
 from jzi.runtime import bundle as B
 
-from .checkpoint import load_checkpoint, sha256_file, to_legacy_names
+from .checkpoint import load_checkpoint, to_legacy_names
 from .config import ModelConfig
 from .model import IMAGENET_MEAN, IMAGENET_STD, JustZoomIn, greedy_from_embeddings, normalize, split_street
 
@@ -573,7 +573,7 @@ def _umask() -> int:
 
 def file_entry(bundle_dir: Path, rel: str) -> dict:
     path = Path(bundle_dir) / rel
-    return {"path": rel, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+    return {"path": rel, "sha256": B.sha256_file(path), "bytes": path.stat().st_size}
 
 
 def set_metadata(path: Path, manifest: dict, graph: str) -> None:
