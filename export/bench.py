@@ -399,8 +399,21 @@ def worker_main(kind: str, params: list[str]) -> None:
         result = {"build_s": build_s, "search_ms": float(np.median(ms)), "db_bytes": int(db.nbytes)}
     else:
         raise SystemExit(f"unknown worker {kind}")
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(result))
+
+
+def peak_rss_mb() -> float:
+    """This process's resident high-water mark. VmHWM belongs to the address space exec made, unlike
+    getrusage's ru_maxrss, which a child inherits from a large parent."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def suite_scale(args, wd: Workdir) -> list[dict]:
