@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -145,9 +147,7 @@ def format_table(m: dict, title: str = "") -> str:
 
 
 def write_json(obj, path) -> None:
-    import os
-    import tempfile
-
+    """Write JSON atomically (temp file in the same folder, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)

@@ -38,7 +38,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from jzi.runtime.geometry import EARTH_RADIUS_M, Region, move
+from jzi.runtime.geometry import Region, move
 from jzi.runtime.imagery import ArraySource, latlon_to_tile, tile_to_latlon, zoom_meters_per_pixel
 
 SPLITS = ("train", "val", "test")
@@ -114,7 +114,7 @@ class World:
         c = r.center
         self.bounds = (float(move(c, 0.0, -half)[0]), float(move(c, 0.0, half)[0]),
                        float(move(c, 90.0, -half)[1]), float(move(c, 90.0, half)[1]))
-        self.image, self.height, self.pattern = self._paint()
+        self.image, self.height, self.pattern, self.water = self._paint()
         self.source = ArraySource(self.image, self.bounds)
 
     # coordinates: x east from the region's west edge, y south from its north edge (metres)
@@ -124,7 +124,7 @@ class World:
         return a, a  # x per column, y per row
 
     def _paint(self):
-        """Paint the raster band by band (bounded memory); returns (RGB uint8, height m uint8, pattern uint8)."""
+        """Paint the raster band by band (bounded memory) -> RGB, building height (m), building pattern, water."""
         cfg, r = self.cfg, self.region
         rng = np.random.default_rng(cfg.seed)
         n = self.px
@@ -153,11 +153,13 @@ class World:
         image = np.empty((n, n, 3), np.uint8)
         height = np.zeros((n, n), np.uint8)
         pattern = np.zeros((n, n), np.uint8)
+        water = np.zeros((n, n), bool)
         band = 512
         for r0 in range(0, n, band):
             rows = slice(r0, min(n, r0 + band))
-            image[rows], height[rows], pattern[rows] = self._paint_band(xs, ys[rows], t, noise[rows], tree_noise[rows])
-        return image, height, pattern
+            image[rows], height[rows], pattern[rows], water[rows] = self._paint_band(xs, ys[rows], t, noise[rows],
+                                                                                    tree_noise[rows])
+        return image, height, pattern, water
 
     def _paint_band(self, xs, ys, t, noise, tree_noise):
         cfg, r = self.cfg, self.region
@@ -233,7 +235,8 @@ class World:
         height = np.where(building, levels[a2_col] * (0.9 + 0.2 * bh), 0)
 
         tree_col = np.array([0.16, 0.33, 0.13], np.float32) * (1 + 0.3 * tree_noise[..., None])
-        road_col = np.array([0.33, 0.33, 0.35], np.float32)
+        # district streets are paved in a darker shade of the district's ground (a cue seen from any street)
+        road_col = 0.45 * ground + 0.55 * np.array([0.33, 0.33, 0.35], np.float32)
         img = np.where((trees & ~street)[..., None], tree_col, img)
         img = np.where((street & ~plaza & ~park)[..., None], road_col + 0.5 * noise[..., None], img)
         img = np.where((edge1 | edge0)[..., None], np.array([0.26, 0.26, 0.28], np.float32), img)
@@ -249,7 +252,7 @@ class World:
         img = np.where(building[..., None], roof, img)
         img = np.clip(img * (1 + noise[..., None]), 0, 1)
         return (img * 255 + 0.5).astype(np.uint8), np.clip(height, 0, 255).astype(np.uint8), \
-            np.where(building, pat, 0).astype(np.uint8)
+            np.where(building, pat, 0).astype(np.uint8), water
 
     # ---- street photos -------------------------------------------------------------------------------
     def latlon_to_pixel(self, latlon):
@@ -327,7 +330,7 @@ class World:
         return np.clip(photo, 0, 255).astype(np.uint8)
 
     def sample_positions(self, count: int, rng: np.random.Generator) -> np.ndarray:
-        """Uniform positions inside the region, off the water (street photos are taken on land)."""
+        """Uniform positions inside the region, off water and buildings (photos are taken outdoors)."""
         out = []
         s, n, w, e = self.region.bounds_latlon()
         while sum(len(o) for o in out) < count:
@@ -335,9 +338,9 @@ class World:
             lon = rng.uniform(w, e, count)
             ll = np.stack([lat, lon], -1)
             rr, cc = self.latlon_to_pixel(ll)
-            px = self.image[np.clip(rr.round().astype(int), 0, self.px - 1), np.clip(cc.round().astype(int), 0, self.px - 1)]
-            is_water = (px[:, 2].astype(int) > px[:, 0].astype(int) + 40) & (px[:, 2] > px[:, 1])
-            out.append(ll[~is_water])
+            rows = np.clip(np.round(rr).astype(int), 0, self.px - 1)
+            cols = np.clip(np.round(cc).astype(int), 0, self.px - 1)
+            out.append(ll[~self.water[rows, cols] & (self.height[rows, cols] == 0)])
         return np.concatenate(out)[:count]
 
 

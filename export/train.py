@@ -19,6 +19,7 @@ stretches the learning-rate schedule over it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -100,6 +101,16 @@ class Distributed:
         dist.all_reduce(t)
         return float(t.item()) / self.world
 
+    def any(self, flag: bool) -> bool:
+        """True on every process if it is true on one (keeps time-based stops in lockstep)."""
+        if self.world == 1:
+            return flag
+        import torch.distributed as dist
+
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item() > 0)
+
     def barrier(self):
         if self.world > 1:
             import torch.distributed as dist
@@ -178,7 +189,7 @@ class Run:
         region = dataset_region(a.data, cfg.image_size)
         cfg = cfg.with_region(region)
         if a.frozen_encoder:
-            cfg = cfg.__class__(**{**cfg.to_dict(), "trainable_encoder_layers": 0})
+            cfg = dataclasses.replace(cfg, trainable_encoder_layers=0)
         self.cfg = cfg
         self.model = JustZoomIn(cfg)
         if a.init:
@@ -234,12 +245,13 @@ class Run:
     # -- the schedule --
     def progress(self, total_steps: int, elapsed: float) -> float:
         p = self.state["step"] / max(total_steps, 1)
-        if self.a.minutes:
-            p = max(p, elapsed / (60 * self.a.minutes))
+        if self.a.minutes:  # the schedule spans the budget left after setup
+            setup = self.state.get("setup_s", 0.0)
+            p = max(p, (elapsed - setup) / max(60 * self.a.minutes - setup, 1e-9))
         return p
 
     def out_of_time(self, elapsed: float) -> bool:
-        return bool(self.a.minutes) and elapsed >= 60 * self.a.minutes
+        return bool(self.a.minutes) and self.dist.any(elapsed >= 60 * self.a.minutes)
 
     def step(self, loss_fn, total_steps: int, elapsed: float) -> float:
         for g in self.optimizer.param_groups:
@@ -263,13 +275,16 @@ class Run:
     # -- the loop --
     def fit(self) -> dict:
         a, model = self.a, self.model
+        # the clock (and --minutes) includes setup: in frozen mode, caching the embeddings is training time
+        start = time.perf_counter() - self.state["elapsed_s"]
+        t_setup = time.perf_counter()
         if a.frozen_encoder:
             batches, per_epoch, validate = self._frozen_setup()
         else:
             batches, per_epoch, validate = self._full_setup()
+        self.state["setup_s"] = self.state.get("setup_s", 0.0) + time.perf_counter() - t_setup
         epochs = a.epochs if a.epochs is not None else (10_000 if a.minutes else 30)
         total_steps = epochs * per_epoch
-        start = time.perf_counter() - self.state["elapsed_s"]
         self.log(f"training preset {self.cfg.preset} on {len(self.train_records)} queries "
                  f"({'frozen encoder, cached embeddings' if a.frozen_encoder else 'end to end'}), "
                  f"{per_epoch} steps/epoch, device {self.device}"

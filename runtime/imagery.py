@@ -30,7 +30,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from .geometry import EARTH_RADIUS_M, Region, move_en
+from .geometry import EARTH_RADIUS_M, Region, move_en, square_bounds
 
 WEB_MERCATOR_HALF = math.pi * EARTH_RADIUS_M  # half the side of the EPSG:3857 square, metres
 TILE_PX = 256
@@ -152,8 +152,6 @@ class ImagerySource:
 
 def square_edges(center_latlon, size_m):
     """(south, north, west, east) of the view's outer edges (not pixel centres)."""
-    from .geometry import square_bounds
-
     s, n, w, e = square_bounds(np.asarray(center_latlon, dtype=np.float64), size_m)
     return float(s), float(n), float(w), float(e)
 

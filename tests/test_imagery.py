@@ -148,3 +148,17 @@ def test_bad_imagery_inputs_are_one_clear_error(tmp_path):
 def test_imagery_module_does_not_import_torch():
     code = "import sys, jzi.runtime.imagery; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_xyz_coverage_without_a_declared_one_comes_from_the_tiles(world, tmp_path):
+    import shutil
+
+    folder = tmp_path / "sat"
+    shutil.copytree(world / "satellite", folder)
+    layout = folder / "layout.yaml"
+    layout.write_text("\n".join(l for l in layout.read_text().splitlines() if not l.startswith("coverage")) + "\n")
+    declared, scanned = open_source(world / "satellite").coverage, open_source(folder).coverage
+    assert scanned != declared
+    s, n, w, e = scanned  # whole max-zoom tiles: they reach at least as far as the raster
+    assert s <= declared[0] and n >= declared[1] and w <= declared[2] and e >= declared[3]
+    assert n - s < (declared[1] - declared[0]) * 2
