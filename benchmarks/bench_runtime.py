@@ -165,16 +165,19 @@ def bench_overhead(wd, work: Path, queries: int, loops: int, threads: int) -> di
 # ---------------------------------------------------------------------------------------------
 # memory and store opening
 # ---------------------------------------------------------------------------------------------
-def peak_rss_mb(cmd: list[str]) -> tuple[float, subprocess.CompletedProcess]:
-    """Peak resident memory of a fresh child process (ru_maxrss of the waited child)."""
-    code = ("import resource, subprocess, sys, json; r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
-            "print(json.dumps({'rss_kb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, 'rc': r.returncode, "
-            "'err': r.stderr[-500:]}))")
-    out = subprocess.run([sys.executable, "-c", code, *cmd], capture_output=True, text=True, check=True)
-    rec = json.loads(out.stdout)
-    if rec["rc"] != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed: {rec['err']}")
-    return rec["rss_kb"] / 1024, rec
+def jzi_run_peak_rss_mb(args: list[str]) -> float:
+    """Peak resident memory (VmHWM) of a fresh process running jzi-run with ``args``.
+
+    VmHWM is the process's own high-water mark; ru_maxrss of a child can carry its parent's figure.
+    """
+    code = ("import sys\nfrom jzi.runtime.run_cli import main\nrc = main(sys.argv[1:])\n"
+            "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
+            "print('VMHWM_KB', hwm, rc, file=sys.stderr)\n")
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+    line = [ln for ln in out.stderr.splitlines() if ln.startswith("VMHWM_KB")]
+    if out.returncode != 0 or not line or line[0].split()[2] != "0":
+        raise RuntimeError(f"jzi-run {' '.join(args)} failed: {out.stderr[-500:]}")
+    return int(line[0].split()[1]) / 1024
 
 
 def open_ms(store: Path, repeats: int = 20) -> float:
@@ -192,9 +195,7 @@ def bench_memory(wd, work: Path, threads: int) -> dict:
     out = {"bundle_precision": "fp32", "preset": f"{PRESET} (random weights)", "store": "random fp16 embeddings"}
     for steps in (4, 6):
         bundle, store = official(wd, steps)
-        cmd = [sys.executable, "-m", "jzi.runtime.run_cli", "--engine", str(bundle), "--tiles", str(store), str(photo),
-               "--threads", str(threads)]
-        rss, _ = peak_rss_mb(cmd)
+        rss = jzi_run_peak_rss_mb(["--engine", str(bundle), "--tiles", str(store), str(photo), "--threads", str(threads)])
         meta = TileStore(store)
         out[f"{steps}_step"] = {"region_km": meta.region.size_m / 1000, "store_views": meta.total_views,
                                "store_bytes": sum(f.stat().st_size for f in store.iterdir()),
