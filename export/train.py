@@ -196,6 +196,9 @@ class Run:
             init, _ = load_checkpoint(a.init)
             load_state_into(self.model, init.state_dict(), a.init)
         self.model.set_trainable()
+        mask_token = getattr(self.model.encoder.backbone.embeddings, "mask_token", None)
+        if mask_token is not None:  # only used for masked-image pretraining; DDP refuses parameters without grads
+            mask_token.requires_grad_(False)
         self.model.to(self.device)
         self.train_records = read_split(a.data, a.train_split, cfg.zoom, on_bad=a.on_bad, log=self.log)
         self.val_records = read_split(a.data, a.val_split, cfg.zoom, on_bad=a.on_bad, log=self.log)
