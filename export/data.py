@@ -147,7 +147,8 @@ class ViewBank:
     """The zoom views of a region (tile-store order), each rendered once from an imagery source.
 
     Small views (<= ``prerender_px``) are all rendered up front and can be cached in ``cache`` (a
-    .npy file, checked by shape); large ones are rendered on first use and kept.
+    .npy file, reused only if its shape and a few spot-checked views match the imagery); large ones
+    are rendered on first use and kept.
     """
 
     def __init__(self, source, region: Region, cache=None, progress: bool = False, prerender_px: int = 128):
@@ -161,7 +162,7 @@ class ViewBank:
         shape = (region.total_views, region.view_px, region.view_px, 3)
         if cache is not None and cache.is_file():
             views = np.load(cache, mmap_mode="r")
-            if views.shape == shape and views.dtype == np.uint8:
+            if views.shape == shape and views.dtype == np.uint8 and self._matches(views):
                 self.views = np.ascontiguousarray(views)
                 return
         self.views = self._source().render_region(region, progress=progress)
@@ -170,6 +171,18 @@ class ViewBank:
             tmp = cache.with_name(cache.name + ".tmp.npy")
             np.save(tmp, self.views)
             tmp.replace(cache)
+
+    def _matches(self, views) -> bool:
+        """A cache is reused only if a few of its views equal fresh renders (same imagery, same region)."""
+        r = self.region
+        rows = [0, r.level_offset(r.steps - 1), r.total_views - 1]
+        return all(np.array_equal(views[i], self._render_row(i)) for i in rows)
+
+    def _render_row(self, i: int) -> np.ndarray:
+        r = self.region
+        level = int(np.searchsorted([r.level_offset(lv + 1) for lv in range(r.steps)], i, side="right"))
+        path = r.index_path(level, i - r.level_offset(level))
+        return self._source().render(r.view_centers(path)[-1], r.level_size_m(level), r.view_px)
 
     def _source(self) -> ImagerySource:
         if not isinstance(self.source, ImagerySource):
@@ -184,10 +197,7 @@ class ViewBank:
         r = self.region
         for i in np.unique(indices):
             if int(i) not in self._lazy:
-                level = int(np.searchsorted([r.level_offset(lv + 1) for lv in range(r.steps)], i, side="right"))
-                path = r.index_path(level, i - r.level_offset(level))
-                center = r.view_centers(path)[-1]
-                self._lazy[int(i)] = self._source().render(center, r.level_size_m(level), r.view_px)
+                self._lazy[int(i)] = self._render_row(int(i))
         flat = np.stack([self._lazy[int(i)] for i in indices.reshape(-1)]) if indices.size else \
             np.zeros((0, r.view_px, r.view_px, 3), np.uint8)
         return flat.reshape(indices.shape + flat.shape[1:])

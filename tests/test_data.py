@@ -110,8 +110,15 @@ def test_an_image_corrupted_after_validation_is_dropped_not_fatal(world, bank, t
 def test_view_bank_cache_and_lazy_rendering_agree(world, bank, tmp_path):
     assert bank.views.shape == (REGION.total_views, 64, 64, 3)
     cached = ViewBank(world / "satellite", REGION, cache=tmp_path / "v.npy")
-    reread = ViewBank("/nonexistent-imagery", REGION, cache=tmp_path / "v.npy")  # served from the cache
+    reread = ViewBank(world / "satellite", REGION, cache=tmp_path / "v.npy")  # served from the cache
     lazy = ViewBank(world / "satellite", REGION, prerender_px=0)
+    # a cache made from other imagery is noticed and rendered again, not silently reused
+    stale = np.load(tmp_path / "v.npy")
+    stale[0] = 255 - stale[0]
+    np.save(tmp_path / "stale.npy", stale)
+    fixed = ViewBank(world / "satellite", REGION, cache=tmp_path / "stale.npy")
+    np.testing.assert_array_equal(np.load(tmp_path / "stale.npy")[0], bank.images([0])[0])
+    assert (fixed.views[0] == bank.views[0]).all()
     rows = bank.indices(np.array([[0, 1, 2, 3], [15, 14, 13, 12]]))
     assert rows[:, 0].tolist() == [0, 0] and rows[0, 1] == 1 and rows[1, 3] == REGION.level_offset(3) + 15 * 256 + 14 * 16 + 13
     for b in (cached, reread, lazy):
