@@ -51,7 +51,9 @@ def run(out: Path, minutes: float, world_size: str, fresh: bool, threads: int | 
     if best.is_file() and not fresh:
         print(f"   reusing {best}")
     else:
-        argv = [str(world), "--out", str(train_dir), "--preset", "tiny", "--minutes", str(minutes)]
+        # the CPU recipe of jzi-train's frozen-encoder mode: views and photos encoded once, decoder trained fast
+        argv = [str(world), "--out", str(train_dir), "--preset", "tiny", "--minutes", str(minutes), "--frozen-encoder",
+                "--street-copies", "2", "--lr", "2e-3", "--batch-size", "128"]
         if threads:
             argv += ["--threads", str(threads)]
         if (train_dir / "last.pt").is_file() and not fresh:
