@@ -1,10 +1,19 @@
 """Zoom geometry against DESIGN §2 and against the authors' geodesy (tiledwebmaps)."""
+import os
+
 import numpy as np
 import pytest
 
 from jzi.runtime.geometry import Region, distance_m, move, move_en, square_bounds
 
+_proj_data = os.environ.get("PROJ_DATA")
 twm_geo = pytest.importorskip("tiledwebmaps.geo", reason="tiledwebmaps (the authors' geodesy) is in the geo extra")
+# importing tiledwebmaps points PROJ_DATA at its own older proj.db, which breaks rasterio/pyproj in
+# every later test of the session; its geodesy does not need it, so restore the setting at once
+if _proj_data is None:
+    os.environ.pop("PROJ_DATA", None)
+else:
+    os.environ["PROJ_DATA"] = _proj_data
 
 
 def test_move_matches_tiledwebmaps():
