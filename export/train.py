@@ -287,6 +287,7 @@ class Run:
             batches, per_epoch, validate = self._full_setup()
         self.state["setup_s"] = self.state.get("setup_s", 0.0) + time.perf_counter() - t_setup
         epochs = a.epochs if a.epochs is not None else (10_000 if a.minutes else 30)
+        val_every = a.val_every or (max(1, 200 // per_epoch) if a.frozen_encoder else 1)
         total_steps = epochs * per_epoch
         self.log(f"training preset {self.cfg.preset} on {len(self.train_records)} queries "
                  f"({'frozen encoder, cached embeddings' if a.frozen_encoder else 'end to end'}), "
@@ -326,7 +327,7 @@ class Run:
                      "train_loss": self.dist.mean(float(np.mean(losses))), "lr": self.optimizer.param_groups[0]["lr"],
                      "samples_per_s": round(seen * self.dist.world / max(time.perf_counter() - t_epoch, 1e-9), 1)}
             last = self.state["epoch"] >= epochs or self.out_of_time(time.perf_counter() - start)
-            if (epoch + 1) % a.val_every == 0 or last:
+            if (epoch + 1) % val_every == 0 or last:
                 m = validate()
                 entry.update({k: m[k] for k in ("R@40m", "R@50m", "R@100m", "strict", "median_error_m")})
                 key = [m["R@40m"], m["R@100m"], -m["median_error_m"]]
@@ -448,7 +449,8 @@ def parse_args(argv=None):
     p.add_argument("--pause-after", type=int, help="stop after N epochs of this session, resumable with --resume "
                    "(for time-sliced jobs); the schedule still spans --epochs")
     p.add_argument("--save-every", type=int, default=5, help="also keep epoch_N.pt every N epochs; 0 = never")
-    p.add_argument("--val-every", type=int, default=1, help="validate every N epochs")
+    p.add_argument("--val-every", type=int, help="validate every N epochs (default 1; with --frozen-encoder about "
+                   "every 200 steps, its epochs being short)")
     p.add_argument("--train-split", default="train")
     p.add_argument("--val-split", default="val")
     p.add_argument("--test-split", default="test")
@@ -466,7 +468,7 @@ def parse_args(argv=None):
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     a = p.parse_args(argv)
     for name in ("batch_size", "street_copies", "val_every"):
-        if getattr(a, name) < 1:
+        if getattr(a, name) is not None and getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if a.epochs is not None and a.epochs < 1:
         p.error("--epochs must be >= 1")
