@@ -33,8 +33,8 @@ import torch.nn.functional as F
 
 from jzi.runtime.geometry import Region
 
-from .checkpoint import CheckpointError, extract_state_dict, load_checkpoint, load_state_into, read_torch_file, \
-    save_checkpoint
+from .checkpoint import CheckpointError, extract_state_dict, load_checkpoint, load_pretrained_encoder, load_state_into, \
+    read_torch_file, save_checkpoint
 from .config import PRESETS, get_preset
 from .data import DataError, ViewBank, ZoomDataset, collate, image_path, load_street_image, read_split, \
     split_halves, stretch_street, street_transforms, half_dropout, worker_init
@@ -192,6 +192,8 @@ class Run:
             cfg = dataclasses.replace(cfg, trainable_encoder_layers=0)
         self.cfg = cfg
         self.model = JustZoomIn(cfg)
+        if a.pretrained:  # DINOv2 weights: a local transformers folder or Meta's dinov2_vit*14_pretrain.pth
+            load_pretrained_encoder(self.model, a.pretrained)
         if a.init:
             init, _ = load_checkpoint(a.init)
             load_state_into(self.model, init.state_dict(), a.init)
@@ -444,6 +446,8 @@ def parse_args(argv=None):
                    help="train the decoder from cached embeddings of a fixed encoder (fast on CPU)")
     p.add_argument("--street-copies", type=int, default=4,
                    help="frozen mode: embeddings per street photo, 1 plain + augmented (default %(default)s)")
+    p.add_argument("--pretrained", metavar="PATH", help="DINOv2 encoder weights: a local transformers folder "
+                   "(e.g. a copy of facebook/dinov2-base) or Meta's dinov2_vit*14_pretrain.pth")
     p.add_argument("--init", help="start from this checkpoint's weights (e.g. a pretrained encoder)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt after an interruption")
     p.add_argument("--pause-after", type=int, help="stop after N epochs of this session, resumable with --resume "

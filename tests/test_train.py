@@ -167,3 +167,20 @@ def test_ddp_with_torchrun_on_two_cpu_processes(world, views_cache, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     history = json.loads((out / "history.json").read_text())
     assert history[0]["step"] == 2  # 16 queries split over 2 processes, batch 4 each
+
+
+def test_pretrained_dinov2_weights_start_the_encoder(world, views_cache, tmp_path):
+    """--pretrained takes a local transformers DINOv2 folder; a frozen encoder keeps those weights exactly."""
+    from transformers import Dinov2Model
+
+    torch.manual_seed(7)
+    donor = Dinov2Model(JustZoomIn(get_preset("tiny")).encoder.backbone.config)
+    donor.save_pretrained(tmp_path / "dinov2")
+    out = tmp_path / "run"
+    run_train(world, out, views_cache, "--epochs", "1", "--batch-size", "8", "--frozen-encoder",
+              "--pretrained", tmp_path / "dinov2", "--no-test")
+    model, _ = load_checkpoint(out / "last.pt")
+    theirs = donor.state_dict()
+    assert all(torch.equal(v, theirs[k]) for k, v in model.encoder.backbone.state_dict().items())
+    r = cli("jzi.export.train", world, "--out", tmp_path / "o3", "--pretrained", tmp_path / "nowhere", "--quiet")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "nowhere" in r.stderr
