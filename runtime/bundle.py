@@ -63,6 +63,23 @@ def present_names(layers: int) -> list[str]:
     return [f"present.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
 
 
+def read_json_document(path: Path, fmt: str, version: int, what: str, error: type[Exception], required) -> dict:
+    """An untrusted jzi JSON file (bundle manifest, tile-store index): valid JSON, its format and
+    version, and the ``required`` keys present; any problem is one ``error`` line."""
+    try:
+        doc = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise error(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(doc, dict) or doc.get("format") != fmt:
+        raise error(f"{path}: not a {what}")
+    if doc.get("format_version") != version:
+        raise error(f"{path}: format_version {doc.get('format_version')!r}, this jzi reads {version}")
+    for key in required:
+        if key not in doc:
+            raise error(f"{path}: missing '{key}'")
+    return doc
+
+
 def load_manifest(bundle_dir, verify: bool = True) -> dict:
     """Read and validate ``manifest.json``; with ``verify`` also check every file's sha256."""
     root = Path(bundle_dir)
@@ -71,18 +88,9 @@ def load_manifest(bundle_dir, verify: bool = True) -> dict:
         raise BundleError(f"{root}: not a bundle directory")
     if not path.is_file():
         raise BundleError(f"{root}: no {MANIFEST}; is this a jzi bundle (made by jzi-export)?")
-    try:
-        man = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BundleError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(man, dict) or man.get("format") != FORMAT:
-        raise BundleError(f"{path}: not a jzi bundle manifest")
-    if man.get("format_version") != FORMAT_VERSION:
-        raise BundleError(f"{path}: format_version {man.get('format_version')!r}, this jzi reads {FORMAT_VERSION}")
-    for key in ("region", "steps", "grid", "n_actions", "width", "image_size", "street_size", "decoder", "files",
-                "tensors", "encoder_id", "precision"):
-        if key not in man:
-            raise BundleError(f"{path}: missing '{key}'")
+    man = read_json_document(path, FORMAT, FORMAT_VERSION, "jzi bundle manifest", BundleError,
+                             ("region", "steps", "grid", "n_actions", "width", "image_size", "street_size", "decoder",
+                              "files", "tensors", "encoder_id", "precision"))
     files = man["files"]
     for role in GRAPHS:
         if role not in files:

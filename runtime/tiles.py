@@ -35,7 +35,7 @@ from typing import Callable
 
 import numpy as np
 
-from .bundle import sha256_file
+from .bundle import read_json_document, sha256_file
 from .geometry import Region
 
 FORMAT = "jzi-tiles"
@@ -125,17 +125,8 @@ def _read_index(root: Path) -> dict:
     if not index.is_file():
         hint = " (an unfinished build: run jzi-tiles build again to resume it)" if root.name.endswith(".partial") else ""
         raise TileStoreError(f"{root}: no {INDEX}; is this a jzi tile store (made by jzi-tiles build)?{hint}")
-    try:
-        m = json.loads(index.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TileStoreError(f"{index}: not valid JSON ({e})") from None
-    if not isinstance(m, dict) or m.get("format") != FORMAT:
-        raise TileStoreError(f"{index}: not a jzi tile store index")
-    if m.get("format_version") != FORMAT_VERSION:
-        raise TileStoreError(f"{index}: format_version {m.get('format_version')!r}, this jzi reads {FORMAT_VERSION}")
-    for key in ("region", "grid", "steps", "view_px", "dim", "levels", "files", "encoder_id"):
-        if key not in m:
-            raise TileStoreError(f"{index}: missing '{key}'")
+    m = read_json_document(index, FORMAT, FORMAT_VERSION, "jzi tile store index", TileStoreError,
+                           ("region", "grid", "steps", "view_px", "dim", "levels", "files", "encoder_id"))
     for key, (lo, hi) in _LIMITS.items():
         if not isinstance(m[key], int) or isinstance(m[key], bool) or not lo <= m[key] <= hi:
             raise TileStoreError(f"{index}: '{key}' must be an integer in {lo}..{hi}, got {m[key]!r}")
