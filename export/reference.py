@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .model import JustZoomIn, normalize, split_street
+from .model import JustZoomIn, greedy_from_embeddings, normalize, split_street
 
 
 class AuthorsPipeline:
@@ -72,24 +72,21 @@ def decoder_loop(decoder, g: torch.Tensor, view_table, steps: int, cached: bool)
     mod n — the tile-store layout when n = n_views(level), a stand-in table for deep presets
     whose levels would not fit. Returns the final cell index within the last level.
     """
-    grid_actions = decoder.cfg.n_actions
-    b, d = g.shape
-    idx = torch.zeros(b, dtype=torch.long)
+    region = decoder.cfg.zoom
+
+    def index(path: torch.Tensor) -> torch.Tensor:  # view index within its level, tile-store order
+        return torch.from_numpy(region.path_index(path.numpy()))
+
+    def view(path: torch.Tensor) -> torch.Tensor:
+        table = view_table[path.shape[1]]
+        return table[index(path) % len(table)]
+
     if cached:
-        shape = (b, decoder.cfg.dec_heads, 2 * steps, decoder.cfg.head_dim)
-        keys = [torch.zeros(shape) for _ in decoder.blocks]
-        values = [torch.zeros(shape) for _ in decoder.blocks]
-        prev = torch.zeros(b, dtype=torch.long)
-        for k in range(steps):
-            logits, keys, values = decoder.step(g, view_table[k][idx % len(view_table[k])], prev, torch.tensor(k), keys, values)
-            prev = logits.argmax(-1)
-            idx = idx * grid_actions + prev
-        return idx
-    seen, acts = [], torch.zeros(b, steps, dtype=torch.long)
+        paths, _ = greedy_from_embeddings(decoder, g, view, steps)
+        return index(paths)
+    seen, acts = [], torch.zeros(g.shape[0], steps, dtype=torch.long)
     for k in range(steps):
-        seen.append(view_table[k][idx % len(view_table[k])])
+        seen.append(view(acts[:, :k]))
         seq = F.pad(torch.stack(seen, 1), (0, 0, 0, steps - k - 1))
-        a = decoder(g, seq, acts)[:, k].argmax(-1)
-        acts[:, k] = a
-        idx = idx * grid_actions + a
-    return idx
+        acts[:, k] = decoder(g, seq, acts)[:, k].argmax(-1)
+    return index(acts)
