@@ -112,20 +112,24 @@ def run_localizer(bundle: Path, store: Path, photos, threads: int, backend: str 
     loc = Localizer(bundle, store, backend=backend, threads=threads)
     for p in photos[:warmup]:
         loc.localize(p)
-    rows = [loc.localize(p).timings for p in photos]
-    steps = np.array([r["decoder_steps_ms"] for r in rows])
-    total = [r["total_ms"] for r in rows]
+    return summarize([loc.localize(p).timings for p in photos])
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Per-stage medians and end-to-end percentiles of per-query timings (the Localizer's keys)."""
+    total = np.array([r["total_ms"] for r in rows])
     encoder = np.array([r["encoder_ms"] for r in rows])
     # everything in a query except the encoder call, image decoding and preprocessing
-    overhead = np.array(total) - encoder - np.array([r["read_ms"] + r["preprocess_ms"] for r in rows])
+    overhead = total - encoder - np.array([r["read_ms"] + r["preprocess_ms"] for r in rows])
+    tiles = [r["tiles_ms"] for r in rows if r.get("tiles_ms") is not None]
     return {
         "decode_ms": float(np.median([r["read_ms"] for r in rows])),
         "preprocess_ms": float(np.median([r["preprocess_ms"] for r in rows])),
         "encoder_ms": float(np.median(encoder)),
-        "decoder_step_ms": [float(x) for x in np.median(steps, axis=0)],
-        "tiles_ms": float(np.median([r["tiles_ms"] for r in rows])),
+        "decoder_step_ms": [float(x) for x in np.median([r["decoder_steps_ms"] for r in rows], axis=0)],
+        "tiles_ms": float(np.median(tiles)) if tiles else None,
         "overhead_ms": float(np.median(overhead)),
-        "overhead_pct": float(np.median(overhead / np.array(total) * 100)),
+        "overhead_pct": float(np.median(overhead / total * 100)),
         "total_ms": percentiles(total),
         "queries": len(rows),
     }
@@ -167,25 +171,12 @@ def run_torch_eager(checkpoint: Path, store: Path, photos, threads: int, warmup:
             idx = idx * region.n_actions + int(prev)
         t.append(time.perf_counter())
         ms = np.diff(t) * 1e3
-        return {"read_ms": ms[0], "preprocess_ms": ms[1], "encoder_ms": ms[2], "zoom_ms": ms[3], "steps": steps,
-                "total_ms": (t[-1] - t[0]) * 1e3}
+        return {"read_ms": ms[0], "preprocess_ms": ms[1], "encoder_ms": ms[2], "decoder_steps_ms": steps,
+                "tiles_ms": None, "total_ms": (t[-1] - t[0]) * 1e3}
 
     for p in photos[:warmup]:
         one(p)
-    rows = [one(p) for p in photos]
-    total = np.array([r["total_ms"] for r in rows])
-    overhead = np.array([r["zoom_ms"] for r in rows])
-    return {
-        "decode_ms": float(np.median([r["read_ms"] for r in rows])),
-        "preprocess_ms": float(np.median([r["preprocess_ms"] for r in rows])),
-        "encoder_ms": float(np.median([r["encoder_ms"] for r in rows])),
-        "decoder_step_ms": [float(x) for x in np.median([r["steps"] for r in rows], axis=0)],
-        "tiles_ms": None,
-        "overhead_ms": float(np.median(overhead)),
-        "overhead_pct": float(np.median(overhead / total * 100)),
-        "total_ms": percentiles(total),
-        "queries": len(rows),
-    }
+    return summarize([one(p) for p in photos])
 
 
 def suite_latency(args, wd: Workdir) -> list[dict]:
