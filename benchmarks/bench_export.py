@@ -27,16 +27,10 @@ from pathlib import Path
 import numpy as np
 
 
-def random_checkpoint(preset: str, path: Path) -> Path:
-    import torch
+def random_checkpoint(preset: str, folder: Path) -> Path:
+    from jzi.export.bench import Workdir
 
-    from jzi.export.checkpoint import save_checkpoint
-    from jzi.export.config import get_preset
-    from jzi.export.model import JustZoomIn
-
-    torch.manual_seed(0)
-    save_checkpoint(JustZoomIn(get_preset(preset)).eval(), path)
-    return path
+    return Workdir(folder, threads=1).checkpoint(preset)
 
 
 def run_measured(cmd: list[str]) -> tuple[float, float, subprocess.CompletedProcess]:
@@ -62,7 +56,7 @@ def run_measured(cmd: list[str]) -> tuple[float, float, subprocess.CompletedProc
 def bench_export(args) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = random_checkpoint(args.preset, Path(tmp) / f"{args.preset}.pt")
+        ckpt = random_checkpoint(args.preset, Path(tmp))
         for precision in args.precision:
             out = Path(tmp) / f"bundle-{precision}"
             cmd = [sys.executable, "-m", "jzi.export.cli", str(ckpt), "-o", str(out), "--precision", precision, "-q"]
@@ -100,7 +94,7 @@ def bench_speed(args) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        ckpt = random_checkpoint(args.preset, tmp / "model.pt")
+        ckpt = random_checkpoint(args.preset, tmp)
         model = prepare_for_export(load_checkpoint(ckpt)[0])
         s = model.cfg.image_size
         fp32 = export_view_encoder(model)

@@ -171,13 +171,13 @@ def jzi_run_peak_rss_mb(args: list[str]) -> float:
     VmHWM is the process's own high-water mark; ru_maxrss of a child can carry its parent's figure.
     """
     code = ("import sys\nfrom jzi.runtime.run_cli import main\nrc = main(sys.argv[1:])\n"
-            "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
-            "print('VMHWM_KB', hwm, rc, file=sys.stderr)\n")
+            "from jzi.export.bench import peak_rss_mb\n"  # after the run: it must not count
+            "print('VMHWM_MB', peak_rss_mb(), rc, file=sys.stderr)\n")
     out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
-    line = [ln for ln in out.stderr.splitlines() if ln.startswith("VMHWM_KB")]
+    line = [ln for ln in out.stderr.splitlines() if ln.startswith("VMHWM_MB")]
     if out.returncode != 0 or not line or line[0].split()[2] != "0":
         raise RuntimeError(f"jzi-run {' '.join(args)} failed: {out.stderr[-500:]}")
-    return int(line[0].split()[1]) / 1024
+    return float(line[0].split()[1])
 
 
 def open_ms(store: Path, repeats: int = 20) -> float:
