@@ -29,6 +29,7 @@ from torch.utils.data import Dataset
 
 from jzi.runtime.geometry import Region
 from jzi.runtime.imagery import ImagerySource, open_source
+from jzi.runtime.images import STREET_INTERPOLATION, street_input
 
 IMAGE_SUFFIX = "_undistorted.jpg"
 REQUIRED_COLUMNS = ("image_id", "latitude", "longitude", "sequence")
@@ -216,7 +217,8 @@ def street_transforms(size: int, seed: int | None = None):
 
     return A.Compose([
         A.ImageCompression(quality_range=(90, 100), p=0.5),
-        A.RandomResizedCrop(size=(size, 2 * size), scale=(0.7, 1.0), ratio=(2.0, 2.0)),
+        A.RandomResizedCrop(size=(size, 2 * size), scale=(0.7, 1.0), ratio=(2.0, 2.0),
+                            interpolation=STREET_INTERPOLATION),
         A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.05, p=0.8),
         A.ToGray(p=0.1),
         A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.Sharpen()], p=0.3),
@@ -246,8 +248,9 @@ def satellite_transforms(seed: int | None = None):
 
 
 def stretch_street(img: np.ndarray, size: int) -> np.ndarray:
-    """Any photo stretched to size x 2*size (the authors' preprocessing without augmentation)."""
-    return cv2.resize(img, (2 * size, size), interpolation=cv2.INTER_AREA)
+    """Any photo stretched to size x 2*size (the authors' preprocessing without augmentation): the runtime's
+    one street resize, so training, evaluation and inference see the same pixels."""
+    return street_input(img, size)
 
 
 def split_halves(img: np.ndarray) -> np.ndarray:

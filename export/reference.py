@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import time
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from jzi.runtime.images import street_input
 
 from .model import JustZoomIn, greedy_from_embeddings, normalize, split_street
 
@@ -29,7 +30,7 @@ class AuthorsPipeline:
 
     def street_tensor(self, photo: np.ndarray) -> torch.Tensor:
         s = self.model.cfg.image_size
-        resized = cv2.resize(photo, (2 * s, s), interpolation=cv2.INTER_LINEAR)
+        resized = street_input(photo, s)
         return split_street(normalize(torch.from_numpy(resized)[None]))
 
     @torch.inference_mode()

@@ -18,6 +18,8 @@ import cv2
 import numpy as np
 
 MAX_PIXELS = 100_000_000  # 100 MP: far above any camera, far below what would exhaust memory
+# The authors' street interpolation (albumentations Resize / RandomResizedCrop with INTER_LINEAR_EXACT)
+STREET_INTERPOLATION = cv2.INTER_LINEAR_EXACT
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
 
 # Colour read that applies EXIF orientation, keeps 16-bit depth, and yields RGB when OpenCV can.
@@ -162,10 +164,12 @@ def load_rgb(image, max_pixels: int = MAX_PIXELS) -> np.ndarray:
 def street_input(rgb: np.ndarray, image_size: int, out: np.ndarray | None = None) -> np.ndarray:
     """A street photo stretched to image_size x 2*image_size (the graph splits it into two halves).
 
-    Area interpolation, as in training (``jzi.export.data.stretch_street``), so the runtime sees the
-    pixels the model was trained on.
+    The one street resize of jzi (DESIGN §2): OpenCV's ``INTER_LINEAR_EXACT``, the interpolation of
+    the authors' albumentations ``Resize`` / ``RandomResizedCrop``. It is bit-exact across OpenCV
+    versions by design, and training, evaluation, the reference pipeline and both runtimes call it,
+    so every side sees the pixels the model was trained on.
     """
-    img = cv2.resize(rgb, (2 * image_size, image_size), interpolation=cv2.INTER_AREA)
+    img = cv2.resize(rgb, (2 * image_size, image_size), interpolation=STREET_INTERPOLATION)
     if out is None:
         return img
     out[...] = img

@@ -5,6 +5,7 @@ import shutil
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from jzi.export.config import get_preset
 from jzi.export.data import (DataError, ViewBank, ZoomDataset, collate, image_path, parse_sequence, read_split,
@@ -123,3 +124,30 @@ def test_view_bank_cache_and_lazy_rendering_agree(world, bank, tmp_path):
     assert rows[:, 0].tolist() == [0, 0] and rows[0, 1] == 1 and rows[1, 3] == REGION.level_offset(3) + 15 * 256 + 14 * 16 + 13
     for b in (cached, reread, lazy):
         np.testing.assert_array_equal(b.images(rows), bank.images(rows))
+
+
+@pytest.mark.parametrize("shape", [(480, 960), (1080, 1920), (300, 500), (100, 150), (64, 128), (37, 53)])
+def test_street_resize_is_the_authors_albumentations_resize(shape):
+    """One street resize everywhere (DESIGN §2): bit-equal to albumentations Resize with INTER_LINEAR_EXACT,
+    up- and downscaling, and the same function in training (stretch_street), the runtime and the reference."""
+    from types import SimpleNamespace
+
+    import albumentations as A
+
+    from jzi.export.model import normalize, split_street
+    from jzi.export.reference import AuthorsPipeline
+    from jzi.runtime.images import street_input
+
+    photo = np.random.default_rng(shape[0]).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    photo = cv2.GaussianBlur(photo, (0, 0), 1.5)  # smooth content, as photos have, plus sharp noise below
+    photo[::7] = 255 - photo[::7]
+    for size in (64, 384):
+        theirs = A.Resize(size, 2 * size, interpolation=cv2.INTER_LINEAR_EXACT)(image=photo)["image"]
+        ours = street_input(photo, size)
+        np.testing.assert_array_equal(ours, theirs)
+        np.testing.assert_array_equal(stretch_street(photo, size), theirs)
+        reference = SimpleNamespace(model=SimpleNamespace(cfg=SimpleNamespace(image_size=size)))
+        expected = split_street(normalize(torch.from_numpy(theirs)[None]))
+        assert torch.equal(AuthorsPipeline.street_tensor(reference, photo), expected)
+        if shape != (size, 2 * size):  # another interpolation is another image: the test tells them apart
+            assert not np.array_equal(cv2.resize(photo, (2 * size, size), interpolation=cv2.INTER_AREA), theirs)
