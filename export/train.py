@@ -11,6 +11,11 @@ epoch (with optimizer state, for ``--resume``), ``epoch_N.pt`` every ``--save-ev
 ``best.pt`` by validation R@40m (ties broken by R@100m, then median error). ``history.json`` holds
 the learning curve.
 
+``--recipe cpu`` is the fast path for small models on CPUs (GPUs gain too): every view and every
+street photo is decoded once into memory and augmented in batches (``fast_data.py``), the loss is the
+authors' teacher-forcing cross-entropy. ``--recipe authors`` (the default) is the authors' loader:
+albumentations per sample in DataLoader workers.
+
 ``--frozen-encoder`` keeps the encoder fixed, encodes every satellite view and every street photo
 once (plus ``--street-copies - 1`` augmented copies of each), and trains the decoder from those
 cached embeddings: many epochs per minute on a CPU. ``--minutes`` stops on a time budget and
@@ -285,6 +290,8 @@ class Run:
         t_setup = time.perf_counter()
         if a.frozen_encoder:
             batches, per_epoch, validate = self._frozen_setup()
+        elif a.recipe == "cpu":
+            batches, per_epoch, validate = self._memory_setup()
         else:
             batches, per_epoch, validate = self._full_setup()
         self.state["setup_s"] = self.state.get("setup_s", 0.0) + time.perf_counter() - t_setup
@@ -384,6 +391,51 @@ class Run:
 
         return batches, len(loader), validate
 
+    def _memory_setup(self):
+        """The in-memory recipe: views and photos decoded once, batched tensor augmentation, each distinct view
+        of a batch encoded once; validation greedy-decodes the val split against a fresh view table."""
+        from .fast_data import Augment, MemoryData, street_batch, view_batch
+
+        a = self.a
+        show = self.dist.main and not a.quiet
+        data = MemoryData(a.data, self.train_records, self.bank, progress=show)
+        val = MemoryData(a.data, self.val_records, self.bank, photo_scale=1, progress=show)  # runtime pixels
+        model = self.dist.wrap(SharedViewsForward(self.model))
+        aug = None if a.no_augment else Augment(hue=a.hue_jitter)
+        per_epoch = max(1, len(data) // (a.batch_size * self.dist.world))
+        size = self.cfg.image_size
+
+        def batches(epoch):
+            gen = torch.Generator().manual_seed(a.seed * 7919 + epoch)
+            order = torch.randperm(len(data), generator=gen)[self.dist.rank::self.dist.world]
+            for s in range(per_epoch):
+                idx = order[s * a.batch_size:(s + 1) * a.batch_size]
+                if len(idx) == 0:
+                    break
+                street, views, inverse, act = data.batch(idx, gen, aug)
+
+                def loss_fn(street=street, views=views, inverse=inverse, act=act):
+                    dev = self.device
+                    act = act.to(dev)
+                    return self.ce(model(street.to(dev), views.to(dev), inverse.to(dev), act), act)
+
+                yield len(idx), loss_fn
+
+        val_truth, val_latlon = val.paths.numpy(), val.latlon
+
+        @torch.no_grad()
+        def validate():
+            self.model.eval()
+            table = torch.cat([self.model.encode_views(view_batch(data.views[i:i + 512], data.view_level[i:i + 512],
+                                                                  None, None).to(self.device))
+                               for i in range(0, len(data.views), 512)])
+            g = torch.cat([self.model.encode_street(street_batch(val.photos[i:i + 256], size, None, None).to(self.device))
+                           for i in range(0, len(val), 256)])
+            pred, _ = predict(self.model, g, lambda rows: table[rows])
+            return path_metrics(pred, val_truth, val_latlon, self.cfg.zoom)
+
+        return batches, per_epoch, validate
+
     def _frozen_setup(self):
         a, model = self.a, self.model
         model.eval()  # the encoder never trains here; dropout in the decoder is switched on per step
@@ -442,6 +494,11 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=float, default=0.05, help="warm-up share of training (default %(default)s)")
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm; 0 disables")
+    p.add_argument("--recipe", choices=("authors", "cpu"), default="authors",
+                   help="authors: their loader (albumentations per sample); cpu: everything decoded once into memory "
+                   "and augmented in batches, fast on CPUs (default %(default)s)")
+    p.add_argument("--hue-jitter", type=float, default=0.0,
+                   help="--recipe cpu: hue jitter strength (the authors' 0.05 erases hue-coded places; default 0)")
     p.add_argument("--frozen-encoder", action="store_true",
                    help="train the decoder from cached embeddings of a fixed encoder (fast on CPU)")
     p.add_argument("--street-copies", type=int, default=4,
