@@ -180,20 +180,25 @@ def view_batch(views: torch.Tensor, levels: torch.Tensor, gen: torch.Generator |
 
 
 class MemoryData:
-    """The tensors of one training split: view pixels, street photos, true paths and view rows."""
+    """The tensors of one split: street photos and true paths, and (``with_views``) the region's view pixels
+    and each query's view rows along its true path. ``size`` is the model's input size."""
 
-    def __init__(self, root, records: list[Record], bank: ViewBank, photo_scale: int = 2, progress: bool = False):
-        if bank.views is None:
-            raise DataError(f"the in-memory recipe needs every view pre-rendered (views of {bank.region.view_px} px "
-                            "are rendered lazily); use the authors' recipe for this preset")
-        region = bank.region
-        self.size = region.view_px
-        self.views = torch.from_numpy(np.ascontiguousarray(bank.views))
-        self.view_level = torch.from_numpy(np.concatenate([np.full(region.n_views(lv), lv) for lv in range(region.steps)]))
-        self.photos = load_streets(root, records, self.size, photo_scale, progress)
+    def __init__(self, root, records: list[Record], bank: ViewBank | None, size: int, photo_scale: int = 2,
+                 progress: bool = False, with_views: bool = True):
+        self.size = size
         self.paths = torch.tensor([r.path for r in records], dtype=torch.long)
-        self.rows = torch.from_numpy(bank.indices(self.paths.numpy()))  # [N, S] view rows along the true path
         self.latlon = np.array([r.latlon for r in records])
+        self.views = self.rows = None
+        if with_views:
+            if bank.views is None:
+                raise DataError(f"the in-memory recipe needs every view pre-rendered (views of {bank.region.view_px} "
+                                "px are rendered lazily); use the authors' recipe for this preset")
+            region = bank.region
+            self.views = torch.from_numpy(np.array(bank.views))
+            self.view_level = torch.from_numpy(np.concatenate([np.full(region.n_views(lv), lv)
+                                                               for lv in range(region.steps)]))
+            self.rows = torch.from_numpy(bank.indices(self.paths.numpy()))  # [N, S] view rows along the true path
+        self.photos = load_streets(root, records, size, photo_scale, progress)
 
     def __len__(self) -> int:
         return len(self.paths)

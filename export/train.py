@@ -11,10 +11,11 @@ epoch (with optimizer state, for ``--resume``), ``epoch_N.pt`` every ``--save-ev
 ``best.pt`` by validation R@40m (ties broken by R@100m, then median error). ``history.json`` holds
 the learning curve.
 
-``--recipe cpu`` is the fast path for small models on CPUs (GPUs gain too): every view and every
-street photo is decoded once into memory and augmented in batches (``fast_data.py``), the loss is the
-authors' teacher-forcing cross-entropy. ``--recipe authors`` (the default) is the authors' loader:
-albumentations per sample in DataLoader workers.
+Recipes (``--recipe``): ``authors`` (the default) is the authors' loader, albumentations per sample
+in DataLoader workers, end to end. ``memory`` is the same loss end to end on the fast path for small
+models (GPUs gain too): every view and every street photo decoded once into memory and augmented in
+batches (``fast_data.py``). ``cpu`` is the recipe that learns within minutes on two CPU cores: a street
+phase, then the zoom decoder on the frozen encoder (``train_cpu_recipe``).
 
 ``--frozen-encoder`` keeps the encoder fixed, encodes every satellite view and every street photo
 once (plus ``--street-copies - 1`` augmented copies of each), and trains the decoder from those
@@ -130,16 +131,42 @@ class Distributed:
 
 
 class SharedViewsForward(torch.nn.Module):
-    """The teacher-forcing forward with each distinct view of a batch encoded once (one module for DDP)."""
+    """The teacher-forcing forward with each distinct view of a batch encoded once (one module for DDP).
 
-    def __init__(self, model: JustZoomIn):
+    With ``aux`` heads it also returns each step's action predicted from the street embedding alone
+    ([B, S, A]): a training-only auxiliary loss that gives the encoder a short gradient path (the
+    heads are not part of the model or its checkpoint's ``model_state_dict``).
+    """
+
+    def __init__(self, model: JustZoomIn, aux: torch.nn.ModuleList | None = None):
         super().__init__()
         self.model = model
+        self.aux = aux
 
     def forward(self, ground, views, inverse, actions):
         """ground [B, 2, 3, H, W], distinct views [U, 3, H, W], inverse [B, S] rows into them, actions [B, S]."""
         g = self.model.encode_street(ground)
-        return self.model.decoder(g, self.model.encode_views(views)[inverse], actions)
+        logits = self.model.decoder(g, self.model.encode_views(views)[inverse], actions)
+        if self.aux is None:
+            return logits
+        return logits, torch.stack([head(g) for head in self.aux], 1)
+
+
+class StreetHeads(torch.nn.Module):
+    """The street phase's forward: street halves -> each step's action logits [B, S, A] from the embedding."""
+
+    def __init__(self, model: JustZoomIn, aux: torch.nn.ModuleList):
+        super().__init__()
+        self.model, self.aux = model, aux
+
+    def forward(self, ground):
+        g = self.model.encode_street(ground)
+        return torch.stack([head(g) for head in self.aux], 1)
+
+
+def aux_heads(cfg) -> torch.nn.ModuleList:
+    """One linear head per zoom step: the step's action from the street embedding alone."""
+    return torch.nn.ModuleList(torch.nn.Linear(cfg.width, cfg.n_actions) for _ in range(cfg.steps))
 
 
 # ---- frozen-encoder mode: cached embeddings -----------------------------------------------------------------
@@ -181,6 +208,24 @@ def encode_streets(model: JustZoomIn, root, records, copies: int, device, seed: 
     return out
 
 
+@torch.no_grad()
+def encode_streets_in_memory(model: JustZoomIn, root, records, copies: int, device, seed: int, hue: float,
+                             batch: int = 256, progress: bool = False) -> torch.Tensor:
+    """``encode_streets`` for the cpu recipe: photos decoded once, copies augmented in batches (fast_data)."""
+    from .fast_data import Augment, MemoryData, street_batch
+
+    size, aug = model.cfg.image_size, Augment(hue=hue)
+    data = MemoryData(root, records, None, size, photo_scale=1 if copies == 1 else 2, progress=progress,
+                      with_views=False)
+    gen = torch.Generator().manual_seed(seed)
+    out = torch.zeros(len(data), copies, model.cfg.width)
+    for c in range(copies):
+        for i in range(0, len(data), batch):
+            x = street_batch(data.photos[i:i + batch], size, gen, aug if c else None)
+            out[i:i + batch, c] = model.encode_street(x.to(device)).float().cpu()
+    return out
+
+
 # ---- the training run ------------------------------------------------------------------------------------------
 class Run:
     def __init__(self, a, dist: Distributed):
@@ -203,6 +248,8 @@ class Run:
             init, _ = load_checkpoint(a.init)
             load_state_into(self.model, init.state_dict(), a.init)
         self.model.set_trainable()
+        if getattr(a, "phase", "zoom") == "street":  # the decoder waits for the second phase
+            self.model.decoder.requires_grad_(False)
         mask_token = getattr(self.model.encoder.backbone.embeddings, "mask_token", None)
         if mask_token is not None:  # only used for masked-image pretraining; DDP refuses parameters without grads
             mask_token.requires_grad_(False)
@@ -212,9 +259,16 @@ class Run:
         if a.limit:
             self.train_records = self.train_records[:a.limit]
         imagery = a.imagery or Path(a.data) / "satellite"
-        self.bank = ViewBank(imagery, cfg.zoom, cache=self.out / f"views_{cfg.image_size}px.npy",
+        cache_dir = Path(getattr(a, "views_cache_dir", None) or self.out)
+        self.bank = ViewBank(imagery, cfg.zoom, cache=cache_dir / f"views_{cfg.image_size}px.npy",
                              progress=dist.main and not a.quiet)
+        # the cpu recipe's auxiliary heads (training only; see SharedViewsForward)
+        self.phase = getattr(a, "phase", "zoom")  # "street": the cpu recipe's first phase (see train_cpu_recipe)
+        wants_aux = self.phase == "street" or (a.recipe == "memory" and a.aux_weight > 0)
+        self.aux = aux_heads(cfg).to(self.device) if wants_aux and not a.frozen_encoder else None
         params = [p for p in (self.model.decoder if a.frozen_encoder else self.model).parameters() if p.requires_grad]
+        if self.aux is not None:
+            params += list(self.aux.parameters())
         self.optimizer = torch.optim.AdamW(params, lr=a.lr, weight_decay=a.weight_decay)
         self.amp = self.device.type == "cuda" and not a.no_amp
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
@@ -231,6 +285,8 @@ class Run:
         obj = read_torch_file(path)
         load_state_into(self.model, extract_state_dict(obj, path), path)
         self.model.to(self.device)
+        if self.aux is not None and "aux_state_dict" in obj:
+            self.aux.load_state_dict(obj["aux_state_dict"])
         if "optimizer_state_dict" in obj:
             self.optimizer.load_state_dict(obj["optimizer_state_dict"])
         if "scaler_state_dict" in obj and self.amp:
@@ -248,6 +304,8 @@ class Run:
         if full:
             extra["optimizer_state_dict"] = self.optimizer.state_dict()
             extra["torch_rng_state"] = torch.get_rng_state()
+            if self.aux is not None:
+                extra["aux_state_dict"] = {k: v.detach().cpu() for k, v in self.aux.state_dict().items()}
             if self.amp:
                 extra["scaler_state_dict"] = self.scaler.state_dict()
         save_checkpoint(self.model, self.out / name, **extra)
@@ -290,7 +348,9 @@ class Run:
         t_setup = time.perf_counter()
         if a.frozen_encoder:
             batches, per_epoch, validate = self._frozen_setup()
-        elif a.recipe == "cpu":
+        elif self.phase == "street":
+            batches, per_epoch, validate = self._street_setup()
+        elif a.recipe in ("memory", "cpu"):
             batches, per_epoch, validate = self._memory_setup()
         else:
             batches, per_epoch, validate = self._full_setup()
@@ -338,8 +398,12 @@ class Run:
             last = self.state["epoch"] >= epochs or self.out_of_time(time.perf_counter() - start)
             if (epoch + 1) % val_every == 0 or last:
                 m = validate()
-                entry.update({k: m[k] for k in ("R@40m", "R@50m", "R@100m", "strict", "median_error_m")})
-                key = [m["R@40m"], m["R@100m"], -m["median_error_m"]]
+                if "aux_step_accuracy" in m:  # the street phase: no zoom metrics yet
+                    entry["aux_step_accuracy"] = [round(x, 4) for x in m["aux_step_accuracy"]]
+                    key = [float(np.mean(m["aux_step_accuracy"]))]
+                else:
+                    entry.update({k: m[k] for k in ("R@40m", "R@50m", "R@100m", "strict", "median_error_m")})
+                    key = [m["R@40m"], m["R@100m"], -m["median_error_m"]]
                 if self.state["best"] is None or key > self.state["best"]:
                     self.state["best"] = key
                     self.save("best.pt")
@@ -391,6 +455,43 @@ class Run:
 
         return batches, len(loader), validate
 
+    def _street_setup(self):
+        """The cpu recipe's first phase: the encoder and per-step heads learn each step's cell from the street
+        photo alone (no views, no decoder): half the images per sample, and a short gradient path."""
+        from .fast_data import Augment, MemoryData, street_batch
+
+        a = self.a
+        show = self.dist.main and not a.quiet
+        size = self.cfg.image_size
+        data = MemoryData(a.data, self.train_records, None, size, progress=show, with_views=False)
+        val = MemoryData(a.data, self.val_records, None, size, photo_scale=1, progress=show, with_views=False)
+        model = self.dist.wrap(StreetHeads(self.model, self.aux))
+        aug = None if a.no_augment else Augment(hue=a.hue_jitter)
+        per_epoch = max(1, len(data) // (a.batch_size * self.dist.world))
+
+        def batches(epoch):
+            gen = torch.Generator().manual_seed(a.seed * 7919 + epoch)
+            order = torch.randperm(len(data), generator=gen)[self.dist.rank::self.dist.world]
+            for s in range(per_epoch):
+                idx = order[s * a.batch_size:(s + 1) * a.batch_size]
+                if len(idx) == 0:
+                    break
+                street, act = street_batch(data.photos[idx], size, gen, aug), data.paths[idx]
+                yield len(idx), (lambda street=street, act=act: self.ce(model(street.to(self.device)),
+                                                                        act.to(self.device)))
+
+        @torch.no_grad()
+        def validate():
+            self.model.eval()
+            self.aux.eval()
+            g = torch.cat([self.model.encode_street(street_batch(val.photos[i:i + 256], size, None, None).to(self.device))
+                           for i in range(0, len(val), 256)])
+            pred = torch.stack([head(g) for head in self.aux], 1).argmax(-1).cpu()
+            self.aux.train()
+            return {"aux_step_accuracy": (pred == val.paths).float().mean(0).tolist()}
+
+        return batches, per_epoch, validate
+
     def _memory_setup(self):
         """The in-memory recipe: views and photos decoded once, batched tensor augmentation, each distinct view
         of a batch encoded once; validation greedy-decodes the val split against a fresh view table."""
@@ -398,12 +499,12 @@ class Run:
 
         a = self.a
         show = self.dist.main and not a.quiet
-        data = MemoryData(a.data, self.train_records, self.bank, progress=show)
-        val = MemoryData(a.data, self.val_records, self.bank, photo_scale=1, progress=show)  # runtime pixels
-        model = self.dist.wrap(SharedViewsForward(self.model))
+        size = self.cfg.image_size
+        data = MemoryData(a.data, self.train_records, self.bank, size, progress=show)
+        val = MemoryData(a.data, self.val_records, self.bank, size, photo_scale=1, progress=show)  # runtime pixels
+        model = self.dist.wrap(SharedViewsForward(self.model, self.aux))
         aug = None if a.no_augment else Augment(hue=a.hue_jitter)
         per_epoch = max(1, len(data) // (a.batch_size * self.dist.world))
-        size = self.cfg.image_size
 
         def batches(epoch):
             gen = torch.Generator().manual_seed(a.seed * 7919 + epoch)
@@ -417,7 +518,11 @@ class Run:
                 def loss_fn(street=street, views=views, inverse=inverse, act=act):
                     dev = self.device
                     act = act.to(dev)
-                    return self.ce(model(street.to(dev), views.to(dev), inverse.to(dev), act), act)
+                    out = model(street.to(dev), views.to(dev), inverse.to(dev), act)
+                    if self.aux is None:
+                        return self.ce(out, act)
+                    logits, aux = out
+                    return self.ce(logits, act) + a.aux_weight * self.ce(aux, act)
 
                 yield len(idx), loss_fn
 
@@ -443,9 +548,15 @@ class Run:
         views = ViewEmbeddings(model, self.bank, self.device)
         view_table = views.encode_all()
         show = self.dist.main and not a.quiet
-        train_g = encode_streets(model, a.data, self.train_records, a.street_copies, self.device, a.seed,
-                                 progress=show).to(self.device)
-        val_g = encode_streets(model, a.data, self.val_records, 1, self.device, a.seed, progress=show)[:, 0]
+        if a.recipe in ("memory", "cpu"):
+            train_g = encode_streets_in_memory(model, a.data, self.train_records, a.street_copies, self.device, a.seed,
+                                               a.hue_jitter, progress=show).to(self.device)
+            val_g = encode_streets_in_memory(model, a.data, self.val_records, 1, self.device, a.seed, a.hue_jitter,
+                                             progress=show)[:, 0]
+        else:
+            train_g = encode_streets(model, a.data, self.train_records, a.street_copies, self.device, a.seed,
+                                     progress=show).to(self.device)
+            val_g = encode_streets(model, a.data, self.val_records, 1, self.device, a.seed, progress=show)[:, 0]
         self.log(f"cached {len(view_table)} view and {train_g.shape[0] * train_g.shape[1] + len(val_g)} street "
                  f"embeddings in {time.perf_counter() - t0:.1f} s")
         paths = torch.tensor([r.path for r in self.train_records], device=self.device)
@@ -494,11 +605,18 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=float, default=0.05, help="warm-up share of training (default %(default)s)")
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm; 0 disables")
-    p.add_argument("--recipe", choices=("authors", "cpu"), default="authors",
-                   help="authors: their loader (albumentations per sample); cpu: everything decoded once into memory "
-                   "and augmented in batches, fast on CPUs (default %(default)s)")
+    p.add_argument("--recipe", choices=("authors", "memory", "cpu"), default="authors",
+                   help="authors: their loader (albumentations per sample), end to end; memory: the same loss end to "
+                   "end with photos and views decoded once into memory and augmented in batches (fast); cpu: a street "
+                   "phase (encoder + per-step heads on photos alone) then the zoom decoder on the frozen encoder, "
+                   "the recipe that learns within minutes on 2 CPU cores (default %(default)s)")
+    p.add_argument("--street-epochs", type=int, default=20,
+                   help="--recipe cpu: epochs of the street phase, before the zoom phase's --epochs (default %(default)s)")
     p.add_argument("--hue-jitter", type=float, default=0.0,
-                   help="--recipe cpu: hue jitter strength (the authors' 0.05 erases hue-coded places; default 0)")
+                   help="--recipe memory/cpu: hue jitter strength (the authors' 0.05 erases hue-coded places; default 0)")
+    p.add_argument("--aux-weight", type=float, default=0.0,
+                   help="--recipe memory: weight of an auxiliary loss that predicts every step's action from the street "
+                   "embedding alone (training-only heads; default %(default)s: the authors' loss only)")
     p.add_argument("--frozen-encoder", action="store_true",
                    help="train the decoder from cached embeddings of a fixed encoder (fast on CPU)")
     p.add_argument("--street-copies", type=int, default=4,
@@ -528,7 +646,7 @@ def parse_args(argv=None):
     p.add_argument("--no-test", action="store_true", help="do not test best.pt on the test split after training")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     a = p.parse_args(argv)
-    for name in ("batch_size", "street_copies", "val_every"):
+    for name in ("batch_size", "street_copies", "val_every", "street_epochs"):
         if getattr(a, name) is not None and getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if a.epochs is not None and a.epochs < 1:
@@ -549,6 +667,34 @@ def test_checkpoint(path, a, log=print) -> dict:
     return m
 
 
+STREET_SHARE = 0.8  # --recipe cpu with --minutes: the street phase's share of the budget
+
+
+def train_cpu_recipe(a, dist: Distributed) -> None:
+    """``--recipe cpu``, two phases in one command:
+
+    1. the street phase (``OUT/encoder/``): the encoder and one linear head per zoom step learn each
+       step's cell from augmented street photos alone, ``--street-epochs`` epochs (no views, no decoder:
+       half the images per sample of end-to-end training, and a short gradient path to the encoder);
+    2. the zoom phase (``OUT/``): the authors' teacher-forcing loss trains the decoder on the frozen
+       encoder's cached view and street embeddings (``--frozen-encoder``), ``--epochs`` epochs.
+
+    ``--resume`` continues whichever phase was interrupted; a finished street phase is not redone.
+    """
+    out = Path(a.out)
+    budget = a.minutes
+    street = argparse.Namespace(**{**vars(a), "out": str(out / "encoder"), "phase": "street", "epochs": a.street_epochs,
+                                   "minutes": budget * STREET_SHARE if budget else None, "views_cache_dir": str(out),
+                                   "frozen_encoder": False, "save_every": 0})
+    done = out / "encoder" / "last.pt"
+    if not (a.resume and done.is_file() and read_torch_file(done).get("epoch", 0) >= a.street_epochs):
+        Run(street, dist).fit()
+    dist.barrier()
+    zoom = argparse.Namespace(**{**vars(a), "phase": "zoom", "frozen_encoder": True, "init": str(done),
+                                 "minutes": budget * (1 - STREET_SHARE) if budget else None})
+    Run(zoom, dist).fit()
+
+
 def main(argv=None) -> int:
     a = parse_args(argv)
     if a.threads:
@@ -561,8 +707,10 @@ def main(argv=None) -> int:
             return 0
         dist = Distributed(a.device)
         try:
-            run = Run(a, dist)
-            run.fit()
+            if a.recipe == "cpu" and not a.frozen_encoder:
+                train_cpu_recipe(a, dist)
+            else:
+                Run(a, dist).fit()
             dist.barrier()
         finally:
             dist.close()

@@ -186,13 +186,14 @@ def test_pretrained_dinov2_weights_start_the_encoder(world, views_cache, tmp_pat
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "nowhere" in r.stderr
 
 
-def test_cpu_recipe_trains_end_to_end_and_resume_is_exact(world, views_cache, tmp_path):
-    """--recipe cpu: photos and views decoded once, batched augmentation; both halves of the model move, and an
-    interrupted run ends exactly where an uninterrupted one does."""
+def test_memory_recipe_trains_end_to_end_and_resume_is_exact(world, views_cache, tmp_path):
+    """--recipe memory: photos and views decoded once, batched augmentation; both halves of the model move, and an
+    interrupted run ends exactly where an uninterrupted one does (auxiliary heads included)."""
     torch.manual_seed(5)
     init = tmp_path / "init.pt"
     save_checkpoint(JustZoomIn(get_preset("tiny")), init)
-    common = ["--recipe", "cpu", "--init", init, "--batch-size", "4", "--no-test", "--val-every", "3"]
+    common = ["--recipe", "memory", "--aux-weight", "1", "--init", init, "--batch-size", "4", "--no-test",
+              "--val-every", "3"]
     run_train(world, tmp_path / "straight", views_cache, *common, "--epochs", "3")
     run_train(world, tmp_path / "resumed", views_cache, *common, "--epochs", "3", "--pause-after", "2")
     run_train(world, tmp_path / "resumed", views_cache, *common, "--epochs", "3", "--resume")
@@ -205,3 +206,33 @@ def test_cpu_recipe_trains_end_to_end_and_resume_is_exact(world, views_cache, tm
                            start.encoder.backbone.embeddings.patch_embeddings.projection.weight)
     history = json.loads((tmp_path / "straight" / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3] and "R@100m" in history[-1]
+    # the auxiliary heads are training state: in last.pt for resume, never in the model's weights
+    raw = read_torch_file(tmp_path / "straight" / "last.pt")
+    assert "aux_state_dict" in raw and not any("aux" in k for k in raw["model_state_dict"])
+    assert "aux_state_dict" not in read_torch_file(tmp_path / "straight" / "best.pt")
+
+
+def test_cpu_recipe_street_phase_then_zoom_phase(world, views_cache, tmp_path):
+    """--recipe cpu: the street phase moves only the encoder (and its training-only heads), the zoom phase only the
+    decoder on the frozen encoder; a rerun with --resume does not redo the finished street phase."""
+    torch.manual_seed(6)
+    init = tmp_path / "init.pt"
+    save_checkpoint(JustZoomIn(get_preset("tiny")), init)
+    out = tmp_path / "run"
+    args = ["--recipe", "cpu", "--init", init, "--batch-size", "4", "--street-epochs", "2", "--epochs", "2",
+            "--street-copies", "2", "--no-test"]
+    run_train(world, out, views_cache, *args)
+    start, _ = load_checkpoint(init)
+    street, _ = load_checkpoint(out / "encoder" / "last.pt")
+    final, _ = load_checkpoint(out / "last.pt")
+    patch = "encoder.backbone.embeddings.patch_embeddings.projection.weight"
+    sd0, sd1, sd2 = start.state_dict(), street.state_dict(), final.state_dict()
+    assert not torch.equal(sd0[patch], sd1[patch]) and torch.equal(sd1[patch], sd2[patch])
+    assert torch.equal(sd0["decoder.output_head.weight"], sd1["decoder.output_head.weight"])
+    assert not torch.equal(sd1["decoder.output_head.weight"], sd2["decoder.output_head.weight"])
+    street_history = json.loads((out / "encoder" / "history.json").read_text())
+    assert len(street_history[-1]["aux_step_accuracy"]) == REGION.steps
+    assert [h["epoch"] for h in json.loads((out / "history.json").read_text())] == [1, 2]
+    mtime = (out / "encoder" / "last.pt").stat().st_mtime_ns
+    run_train(world, out, views_cache, *args, "--resume")
+    assert (out / "encoder" / "last.pt").stat().st_mtime_ns == mtime
