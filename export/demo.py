@@ -1,9 +1,10 @@
 """``make demo``: from nothing to localized photos on a plain CPU, in a few minutes.
 
-    python -m jzi.export.demo [--out demo-out] [--minutes 4] [--world small] [--fresh]
+    python -m jzi.export.demo [--out demo-out] [--street-epochs 8] [--epochs 15] [--world default] [--fresh]
 
 1. a synthetic world over the default 10 km region with train/val/test street photos (jzi-synth),
-2. the tiny model trained on it with a time budget (jzi-train), or the one an earlier run left,
+2. the tiny model trained on it with jzi-train's CPU recipe for a fixed number of epochs (seeded, so
+   two runs give the same model however busy the machine is), or the one an earlier run left,
 3. exported to a model bundle (jzi-export),
 4. every satellite view encoded into a tile store, with small thumbnails for pictures (jzi-tiles),
 5. the held-out test photos localized by the torch-free runtime (jzi-run): each answer with its
@@ -28,7 +29,7 @@ def _done(t0: float, what: str = "done") -> None:
     print(f"   {what} in {time.perf_counter() - t0:.1f} s", flush=True)
 
 
-def run(out: Path, minutes: float, world_size: str, fresh: bool, threads: int | None) -> int:
+def run(out: Path, street_epochs: int, epochs: int, world_size: str, fresh: bool, threads: int | None) -> int:
     from jzi.export.onnx_export import export_bundle
     from jzi.export.synthetic import SIZES, WorldConfig, make_world
     from jzi.export.train import main as train_main
@@ -46,14 +47,14 @@ def run(out: Path, minutes: float, world_size: str, fresh: bool, threads: int | 
         make_world(world, WorldConfig(sizes=SIZES[world_size]), overwrite=True, log=lambda s: print("   " + s))
     _done(t)
 
-    t = _step(2, f"train the tiny model ({minutes:g} min budget)")
+    t = _step(2, f"train the tiny model (CPU recipe: {street_epochs} epochs street phase, {epochs} epochs zoom decoder)")
     best = train_dir / "best.pt"
     if best.is_file() and not fresh:
         print(f"   reusing {best}")
     else:
-        # the CPU recipe of jzi-train's frozen-encoder mode: views and photos encoded once, decoder trained fast
-        argv = [str(world), "--out", str(train_dir), "--preset", "tiny", "--minutes", str(minutes), "--frozen-encoder",
-                "--street-copies", "2", "--lr", "2e-3", "--batch-size", "128"]
+        # jzi-train's CPU recipe: the encoder learns from street photos first, then the zoom decoder on its embeddings
+        argv = [str(world), "--out", str(train_dir), "--preset", "tiny", "--recipe", "cpu", "--street-epochs",
+                str(street_epochs), "--epochs", str(epochs), "--seed", "0", "--quiet"]
         if threads:
             argv += ["--threads", str(threads)]
         if (train_dir / "last.pt").is_file() and not fresh:
@@ -94,15 +95,17 @@ def run(out: Path, minutes: float, world_size: str, fresh: bool, threads: int | 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m jzi.export.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="demo-out", help="working folder (default demo-out)")
-    p.add_argument("--minutes", type=float, default=4.0, help="training time budget in minutes (default 4)")
-    p.add_argument("--world", choices=("tiny", "small", "default"), default="small", help="world size (small)")
+    p.add_argument("--street-epochs", type=int, default=8, help="epochs of the street phase (default %(default)s)")
+    p.add_argument("--epochs", type=int, default=15, help="epochs of the zoom decoder (default %(default)s)")
+    p.add_argument("--world", choices=("tiny", "small", "default"), default="default",
+                   help="world size (default %(default)s: 6000 training photos)")
     p.add_argument("--threads", type=int, help="CPU threads for training and inference (default: all cores)")
     p.add_argument("--fresh", action="store_true", help="redo every step instead of reusing earlier results")
     a = p.parse_args(argv)
-    if a.minutes <= 0:
-        p.error("--minutes must be > 0")
+    if a.street_epochs < 1 or a.epochs < 1:
+        p.error("--street-epochs and --epochs must be >= 1")
     try:
-        return run(Path(a.out), a.minutes, a.world, a.fresh, a.threads)
+        return run(Path(a.out), a.street_epochs, a.epochs, a.world, a.fresh, a.threads)
     except KeyboardInterrupt:
         print("demo: interrupted; run it again to continue where it stopped", file=sys.stderr)
         return 130

@@ -358,8 +358,9 @@ class Run:
         epochs = a.epochs if a.epochs is not None else (10_000 if a.minutes else 30)
         val_every = a.val_every or (max(1, 200 // per_epoch) if a.frozen_encoder else 1)
         total_steps = epochs * per_epoch
-        self.log(f"training preset {self.cfg.preset} on {len(self.train_records)} queries "
-                 f"({'frozen encoder, cached embeddings' if a.frozen_encoder else 'end to end'}), "
+        mode = "frozen encoder, cached embeddings" if a.frozen_encoder else \
+            "street phase: encoder + per-step heads" if self.phase == "street" else "end to end"
+        self.log(f"training preset {self.cfg.preset} on {len(self.train_records)} queries ({mode}), "
                  f"{per_epoch} steps/epoch, device {self.device}"
                  + (f", budget {a.minutes:g} min" if a.minutes else f", {epochs} epochs"))
         first_epoch = self.state["epoch"]
@@ -600,7 +601,7 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, help="epochs (default 30, or unbounded with --minutes)")
     p.add_argument("--minutes", type=float, help="time budget: stop after this many minutes of training")
     p.add_argument("--batch-size", type=int, default=64, help="per process (default %(default)s)")
-    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--lr", type=float, help="peak learning rate (default 3e-4, the authors'; 1e-3 for --recipe cpu)")
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--warmup", type=float, default=0.05, help="warm-up share of training (default %(default)s)")
     p.add_argument("--label-smoothing", type=float, default=0.1)
@@ -619,8 +620,9 @@ def parse_args(argv=None):
                    "embedding alone (training-only heads; default %(default)s: the authors' loss only)")
     p.add_argument("--frozen-encoder", action="store_true",
                    help="train the decoder from cached embeddings of a fixed encoder (fast on CPU)")
-    p.add_argument("--street-copies", type=int, default=4,
-                   help="frozen mode: embeddings per street photo, 1 plain + augmented (default %(default)s)")
+    p.add_argument("--street-copies", type=int,
+                   help="frozen mode: embeddings per street photo, 1 plain + augmented (default 4; 2 for --recipe cpu, "
+                   "whose zoom phase is short)")
     p.add_argument("--pretrained", metavar="PATH", help="DINOv2 encoder weights: a local transformers folder "
                    "(e.g. a copy of facebook/dinov2-base) or Meta's dinov2_vit*14_pretrain.pth")
     p.add_argument("--init", help="start from this checkpoint's weights (e.g. a pretrained encoder)")
@@ -646,6 +648,10 @@ def parse_args(argv=None):
     p.add_argument("--no-test", action="store_true", help="do not test best.pt on the test split after training")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     a = p.parse_args(argv)
+    if a.lr is None:
+        a.lr = 1e-3 if a.recipe == "cpu" else 3e-4
+    if a.street_copies is None:
+        a.street_copies = 2 if a.recipe == "cpu" else 4
     for name in ("batch_size", "street_copies", "val_every", "street_epochs"):
         if getattr(a, name) is not None and getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")

@@ -133,7 +133,7 @@ def test_demo_runs_end_to_end(tmp_path):
     """make demo's script on the smallest world with a token training budget: every step, every output."""
     out = tmp_path / "demo"
     r = subprocess.run([sys.executable, "-m", "jzi.export.demo", "--out", str(out), "--world", "tiny",
-                        "--minutes", "0.2"], capture_output=True, text=True, timeout=900)
+                        "--street-epochs", "1", "--epochs", "1"], capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
     answers = [line for line in r.stdout.splitlines() if re.match(r"^test_\d+  -?[\d.]+, -?[\d.]+  error [\d.]+ m", line)]
     assert len(answers) == 16  # every held-out photo of the tiny world, each with its error
