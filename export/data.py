@@ -84,6 +84,14 @@ def load_street_image(path) -> np.ndarray | None:
     return None if img is None else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
+def load_training_photo(root, record: "Record") -> np.ndarray:
+    """A validated record's photo during training; DataError if it vanished or broke since ``read_split``."""
+    img = load_street_image(image_path(root, record.image_id))
+    if img is None:
+        raise DataError(f"{record.image_id}: street photo vanished or became unreadable during training")
+    return img
+
+
 def read_split(root, split: str, region: Region, on_bad: str = "skip", verify_images: bool = True,
                log=print) -> list[Record]:
     """The valid records of one split; bad rows are counted, named in one line, and skipped or refused."""

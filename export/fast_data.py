@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from jzi.runtime.images import street_input
 
-from .data import DataError, Record, ViewBank, image_path, load_street_image
+from .data import DataError, Record, ViewBank, load_training_photo
 from .model import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -61,10 +61,7 @@ def load_streets(root, records: list[Record], size: int, photo_scale: int = 2, p
 
         it = tqdm(it, desc="decode street photos", unit="img", leave=False)
     for i in it:
-        img = load_street_image(image_path(root, records[i].image_id))
-        if img is None:
-            raise DataError(f"{records[i].image_id}: street photo vanished or became unreadable during training")
-        out[i] = torch.from_numpy(street_input(img, h))
+        out[i] = torch.from_numpy(street_input(load_training_photo(root, records[i]), h))
     return out
 
 

@@ -42,8 +42,8 @@ from jzi.runtime.geometry import Region
 from .checkpoint import CheckpointError, extract_state_dict, load_checkpoint, load_pretrained_encoder, load_state_into, \
     read_torch_file, save_checkpoint
 from .config import PRESETS, get_preset
-from .data import DataError, ViewBank, ZoomDataset, collate, image_path, load_street_image, read_split, \
-    split_halves, stretch_street, street_transforms, half_dropout, worker_init
+from .data import DataError, ViewBank, ZoomDataset, collate, load_training_photo, read_split, split_halves, \
+    stretch_street, street_transforms, half_dropout, worker_init
 from .evaluate import ViewEmbeddings, evaluate, format_table, path_metrics, predict, write_json
 from .model import JustZoomIn, normalize
 
@@ -192,9 +192,7 @@ def encode_streets(model: JustZoomIn, root, records, copies: int, device, seed: 
 
         it = tqdm(it, desc="encode street photos", unit="img", leave=False)
     for i in it:
-        img = load_street_image(image_path(root, records[i].image_id))
-        if img is None:
-            raise DataError(f"{records[i].image_id}: street photo vanished or became unreadable during training")
+        img = load_training_photo(root, records[i])
         for c in range(copies):
             if c == 0:
                 halves = split_halves(stretch_street(img, size))
@@ -456,6 +454,17 @@ class Run:
 
         return batches, len(loader), validate
 
+    def _shuffled(self, n: int, per_epoch: int, epoch: int):
+        """This process's batches of an epoch: (generator, indices), seeded by epoch (exact resume); the generator
+        then drives the batch's augmentation."""
+        gen = torch.Generator().manual_seed(self.a.seed * 7919 + epoch)
+        order = torch.randperm(n, generator=gen)[self.dist.rank::self.dist.world]
+        for s in range(per_epoch):
+            idx = order[s * self.a.batch_size:(s + 1) * self.a.batch_size]
+            if len(idx) == 0:
+                break
+            yield gen, idx
+
     def _street_setup(self):
         """The cpu recipe's first phase: the encoder and per-step heads learn each step's cell from the street
         photo alone (no views, no decoder): half the images per sample, and a short gradient path."""
@@ -471,12 +480,7 @@ class Run:
         per_epoch = max(1, len(data) // (a.batch_size * self.dist.world))
 
         def batches(epoch):
-            gen = torch.Generator().manual_seed(a.seed * 7919 + epoch)
-            order = torch.randperm(len(data), generator=gen)[self.dist.rank::self.dist.world]
-            for s in range(per_epoch):
-                idx = order[s * a.batch_size:(s + 1) * a.batch_size]
-                if len(idx) == 0:
-                    break
+            for gen, idx in self._shuffled(len(data), per_epoch, epoch):
                 street, act = street_batch(data.photos[idx], size, gen, aug), data.paths[idx]
                 yield len(idx), (lambda street=street, act=act: self.ce(model(street.to(self.device)),
                                                                         act.to(self.device)))
@@ -508,12 +512,7 @@ class Run:
         per_epoch = max(1, len(data) // (a.batch_size * self.dist.world))
 
         def batches(epoch):
-            gen = torch.Generator().manual_seed(a.seed * 7919 + epoch)
-            order = torch.randperm(len(data), generator=gen)[self.dist.rank::self.dist.world]
-            for s in range(per_epoch):
-                idx = order[s * a.batch_size:(s + 1) * a.batch_size]
-                if len(idx) == 0:
-                    break
+            for gen, idx in self._shuffled(len(data), per_epoch, epoch):
                 street, views, inverse, act = data.batch(idx, gen, aug)
 
                 def loss_fn(street=street, views=views, inverse=inverse, act=act):

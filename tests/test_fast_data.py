@@ -1,6 +1,5 @@
 """The in-memory training path: batched augmentations and the runtime's pixels when not augmenting."""
 import numpy as np
-import pytest
 import torch
 
 from jzi.export.fast_data import Augment, coarse_dropout, colour_jitter, street_batch, view_batch

@@ -186,6 +186,7 @@ def test_pretrained_dinov2_weights_start_the_encoder(world, views_cache, tmp_pat
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "nowhere" in r.stderr
 
 
+@pytest.mark.slow
 def test_memory_recipe_trains_end_to_end_and_resume_is_exact(world, views_cache, tmp_path):
     """--recipe memory: photos and views decoded once, batched augmentation; both halves of the model move, and an
     interrupted run ends exactly where an uninterrupted one does (auxiliary heads included)."""
