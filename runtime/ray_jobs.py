@@ -60,18 +60,41 @@ class RayOptions:
     local_cpus: int | None = None
 
     def __post_init__(self):
-        if self.workers < 1 or self.retries < 0 or self.max_failed_chunks < 0:
-            raise RayJobError("workers must be at least 1, retries and max failed chunks at least 0")
+        if self.workers < 1 or self.retries < 0 or self.max_failed_chunks < 0 or self.worker_cpus < 0 \
+                or self.worker_gpus < 0 or (self.local_cpus is not None and self.local_cpus < 1):
+            raise RayJobError("--workers and --local-cpus must be at least 1; --retries, --max-failed-chunks, "
+                              "--worker-cpus and --worker-gpus at least 0")
+
+
+def add_arguments(p) -> None:
+    """``--ray [ADDRESS]`` and the knobs of a Ray job, for jzi-tiles build and jzi-run."""
+    g = p.add_argument_group("Ray (pip install 'jzi[ray]')")
+    g.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                   help="run on Ray: a private local instance, or the cluster at ADDRESS (auto, ray://host:10001); "
+                        "RAY_ADDRESS is honoured")
+    g.add_argument("--workers", type=int, default=1, help="model actors (1)")
+    g.add_argument("--worker-cpus", type=float, default=1.0, help="CPUs reserved per model actor (1)")
+    g.add_argument("--worker-gpus", type=float, default=0.0, help="GPUs per model actor, e.g. 1 on GPU nodes (0)")
+    g.add_argument("--retries", type=int, default=2, help="extra attempts per chunk after a failure or a dead worker (2)")
+    g.add_argument("--max-failed-chunks", type=int, default=0,
+                   help="chunks that may fail before the run stops; they are listed and redone by a rerun (0)")
+    g.add_argument("--local-cpus", type=int, default=None, help="CPUs of a private local Ray (default: all)")
+
+
+def options_from_args(args) -> RayOptions:
+    return RayOptions(address=args.ray or None, workers=args.workers, worker_cpus=args.worker_cpus,
+                      worker_gpus=args.worker_gpus, retries=args.retries, max_failed_chunks=args.max_failed_chunks,
+                      local_cpus=args.local_cpus)
 
 
 class ChunkWork:
     """What a job does with one chunk; pickled to the workers, so keep it to plain settings.
 
-    ``prepare(chunk)`` runs as a CPU task (None: no such stage), ``open()`` runs once per actor and
-    returns ``work(chunk, prepared) -> result``.
+    ``prepare(chunk, input) -> prepared`` runs as a CPU task (None: no such stage); ``open()`` runs
+    once per actor and returns ``work(chunk, prepared or input) -> result``.
     """
 
-    prepare: Callable[[int], Any] | None = None
+    prepare: Callable[[int, Any], Any] | None = None
 
     def open(self) -> Callable[[int, Any], Any]:
         raise NotImplementedError
@@ -80,9 +103,11 @@ class ChunkWork:
 # ---------------------------------------------------------------------------------------------
 # the driver
 # ---------------------------------------------------------------------------------------------
-def run_chunks(chunks: list[int], work: ChunkWork, opts: RayOptions,
-               on_done: Callable[[int, Any], None]) -> list[tuple[int, str]]:
+def run_chunks(chunks: list[int], work: ChunkWork, opts: RayOptions, on_done: Callable[[int, Any], None],
+               inputs: Callable[[int], Any] | None = None) -> list[tuple[int, str]]:
     """Run ``work`` over ``chunks`` on Ray; ``on_done(chunk, result)`` in the driver as results arrive.
+
+    ``inputs(chunk)`` (optional) is what travels with each chunk to its workers (e.g. its photos).
 
     Returns the failed chunks as (id, last error) when there are at most ``max_failed_chunks``;
     raises RayJobError naming them when there are more.
@@ -92,7 +117,7 @@ def run_chunks(chunks: list[int], work: ChunkWork, opts: RayOptions,
     if started_here:
         _init(ray, opts)
     try:
-        return _run(ray, chunks, work, opts, on_done)
+        return _run(ray, chunks, work, opts, on_done, inputs)
     finally:
         if started_here:
             ray.shutdown()
@@ -111,18 +136,18 @@ def _init(ray, opts: RayOptions) -> None:
                           f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
 
 
-def _run(ray, chunks, work, opts, on_done):
+def _run(ray, chunks, work, opts, on_done, inputs):
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # the caller's bar is the only one
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
     ctx.max_errored_blocks = opts.max_failed_chunks  # blocks lost to dead workers, beyond our own counting
     attempts = opts.retries + 1
     ledger = ray.remote(num_cpus=0, max_restarts=0)(_Ledger).remote(attempts)
     with warnings.catch_warnings():  # retries are still only settable as ray_remote_args (deprecated in 2.60)
         warnings.simplefilter("ignore", DeprecationWarning)
-        ds = _pipeline(ray, chunks, work, opts, ledger)
+        ds = _pipeline(ray, chunks, work, opts, ledger, inputs)
     failed: list[tuple[int, str]] = []
     rows = iter(ds.iter_rows())
     try:
@@ -155,7 +180,7 @@ def _collect(ray, rows, ledger, opts, on_done, failed) -> None:
             on_done(chunk, pickle.loads(row["payload"]))
 
 
-def _pipeline(ray, chunks, work: ChunkWork, opts: RayOptions, ledger):
+def _pipeline(ray, chunks, work: ChunkWork, opts: RayOptions, ledger, inputs):
     """from_items(chunks) -> CPU tasks (prepare) -> actor pool (work), each chunk its own block."""
     attempts = opts.retries + 1
     # Ray-level retries outlast ours by one, so the attempt after the last allowed one comes back
@@ -164,7 +189,9 @@ def _pipeline(ray, chunks, work: ChunkWork, opts: RayOptions, ledger):
     ray_retries = attempts
     restarts = attempts * (opts.max_failed_chunks + 1) + opts.retries
     stage = {"work": work, "ledger": ledger, "attempts": attempts}
-    ds = ray.data.from_items([{"chunk": c} for c in chunks], override_num_blocks=max(1, len(chunks)))
+    items = [{"chunk": c, "error": "", "payload": pickle.dumps(inputs(c) if inputs else None, protocol=5)}
+             for c in chunks]
+    ds = ray.data.from_items(items, override_num_blocks=max(1, len(chunks)))
     if work.prepare is not None:
         ds = ds.map_batches(_prepare_batch, batch_size=1, fn_kwargs=stage, num_cpus=1, max_retries=ray_retries,
                             retry_exceptions=False)
@@ -221,11 +248,8 @@ def _rows(results: list[dict]) -> dict:
 
 
 def _prepare_batch(batch: dict, work: ChunkWork, ledger, attempts: int) -> dict:
-    out = []
-    for c, err in zip(batch["chunk"], batch.get("error", [""] * len(batch["chunk"]))):
-        out.append({"chunk": int(c), "error": str(err), "payload": b""} if err else
-                   _attempt(ledger, attempts, "prepare", int(c), work.prepare, int(c)))
-    return _rows(out)
+    return _rows([_attempt(ledger, attempts, "prepare", int(c), work.prepare, int(c), pickle.loads(payload))
+                  for c, payload in zip(batch["chunk"], batch["payload"])])
 
 
 class _WorkActor:
@@ -234,14 +258,11 @@ class _WorkActor:
 
     def __call__(self, batch: dict) -> dict:
         out = []
-        errors = batch.get("error", [""] * len(batch["chunk"]))
-        payloads = batch.get("payload", [b""] * len(batch["chunk"]))
-        for c, err, payload in zip(batch["chunk"], errors, payloads):
+        for c, err, payload in zip(batch["chunk"], batch["error"], batch["payload"]):
             if err:  # the CPU stage gave up on it: pass the failure through
                 out.append({"chunk": int(c), "error": str(err), "payload": b""})
-                continue
-            prepared = pickle.loads(payload) if payload else None
-            out.append(_attempt(self.ledger, self.attempts, "work", int(c), self.work, int(c), prepared))
+            else:
+                out.append(_attempt(self.ledger, self.attempts, "work", int(c), self.work, int(c), pickle.loads(payload)))
         return _rows(out)
 
 
@@ -257,7 +278,7 @@ class TileChunks(ChunkWork):
         self.backend, self.threads, self.batch = backend, threads, batch
         self.prepare = self._render
 
-    def _render(self, chunk: int):
+    def _render(self, chunk: int, _input=None):
         from .imagery import open_source
         from .tiles import make_thumbs, render_views
 
@@ -338,3 +359,42 @@ def build_store_ray(out, bundle_dir, source, opts: RayOptions, *, backend: str =
     open_source(source)  # a bad source is one clear error here, not a failure in every chunk
     work = TileChunks(layout, source, bundle_dir, backend=backend, threads=threads, batch=batch)
     return write_store_ray(out, layout, work, opts, force=force, progress=progress)
+
+
+# ---------------------------------------------------------------------------------------------
+# batch localization
+# ---------------------------------------------------------------------------------------------
+class PhotoChunks(ChunkWork):
+    """Localize a chunk of photos in an actor holding a Localizer (bundle and store loaded once)."""
+
+    def __init__(self, bundle_dir, tiles, *, backend: str = "auto", threads: int | None = None, beams: int = 1,
+                 batch: int = 1, max_pixels: int | None = None):
+        self.bundle_dir, self.tiles, self.backend, self.threads = str(bundle_dir), str(tiles), backend, threads
+        self.beams, self.batch, self.max_pixels = beams, batch, max_pixels
+
+    def open(self):
+        from .batch import localize_chunk
+        from .localizer import Localizer
+
+        loc = Localizer(self.bundle_dir, self.tiles, backend=self.backend, threads=self.threads)
+        return lambda chunk, queries: localize_chunk(loc, queries, beams=self.beams, batch=self.batch,
+                                                     max_pixels=self.max_pixels)
+
+
+def localize_ray(table, work: PhotoChunks, opts: RayOptions, progress: bool = True) -> list[tuple[int, str]]:
+    """Fill ``table`` (a batch.ResultsTable) with the chunks it lacks; returns the failed chunks."""
+    from tqdm import tqdm
+
+    done = table.done()
+    todo = [c for c in range(table.n_chunks) if c not in done]
+    bar = tqdm(total=len(table.queries), initial=sum(len(table.chunk(c)) for c in done), unit="photo",
+               desc=f"{table.out.name} (ray)", disable=not progress, dynamic_ncols=True)
+
+    def on_done(chunk, rows):
+        table.write(chunk, rows)
+        bar.update(len(rows))
+
+    try:
+        return run_chunks(todo, work, opts, on_done, inputs=table.chunk) if todo else []
+    finally:
+        bar.close()
