@@ -82,7 +82,8 @@ def localize_chunk(loc, queries, *, beams: int = 1, batch: int = 1, max_pixels: 
 
 def _row(q, **values) -> dict:
     row = dict.fromkeys(COLUMNS)
-    row.update(photo=q.label, failure="", **values)
+    row.update(photo=q.label, failure="")
+    row.update(values)
     if q.truth is not None:
         row.update(truth_latitude=float(q.truth[0]), truth_longitude=float(q.truth[1]))
     return row
@@ -216,6 +217,9 @@ def run_batch(args, queries, problems: list[str], prog: str = "jzi-run") -> int:
         raise BatchError("--out writes a results table; --json, --geojson and --viz are for runs without it")
     if args.ray is not None and args.shard:
         raise BatchError("--shard and --ray do not mix: Ray splits the work itself")
+    shard = (0, 1) if args.ray is not None else resolve_shard(args.shard)
+    opts = ray_jobs.options_from_args(args) if args.ray is not None else None
+    output_format(args.out)
     manifest = load_manifest(args.engine, verify=not args.no_verify)
     store = TileStore(args.tiles)
     check_pair(manifest, store)
@@ -223,14 +227,13 @@ def run_batch(args, queries, problems: list[str], prog: str = "jzi-run") -> int:
     table.open(force=args.force)
     for line in problems:
         print(f"{prog}: {line}", file=sys.stderr)
-    shard = (0, 1) if args.ray is not None else resolve_shard(args.shard)
     done = table.done()
     if any(c not in done for c in shard_chunks(table.n_chunks, shard)):
         settings = dict(backend=args.backend, threads=args.threads)
         run = dict(beams=args.beams, batch=args.batch, max_pixels=args.max_pixels)
         if args.ray is not None:
             failed = ray_jobs.localize_ray(table, ray_jobs.PhotoChunks(args.engine, args.tiles, **settings, **run),
-                                           ray_jobs.options_from_args(args), progress=not args.quiet)
+                                           opts, progress=not args.quiet)
             if failed:
                 raise BatchError(f"{len(failed)} chunk(s) of photos failed, the rest are written; run again to retry "
                                  f"them: {ray_jobs.describe_failures(failed)}")
