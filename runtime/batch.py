@@ -218,7 +218,9 @@ def run_batch(args, queries, problems: list[str], prog: str = "jzi-run") -> int:
     if args.ray is not None and args.shard:
         raise BatchError("--shard and --ray do not mix: Ray splits the work itself")
     shard = (0, 1) if args.ray is not None else resolve_shard(args.shard)
-    opts = ray_jobs.options_from_args(args) if args.ray is not None else None
+    if args.ray is not None:
+        opts = ray_jobs.options_from_args(args)
+        ray_jobs.import_ray()
     output_format(args.out)
     manifest = load_manifest(args.engine, verify=not args.no_verify)
     store = TileStore(args.tiles)

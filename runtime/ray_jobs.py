@@ -354,6 +354,7 @@ def build_store_ray(out, bundle_dir, source, opts: RayOptions, *, backend: str =
     from .imagery import open_source
     from .tiles import CHUNK_ROWS, plan_build
 
+    import_ray()
     _, layout = plan_build(bundle_dir, dtype=dtype, thumb_px=thumb_px, chunk_rows=chunk_rows or CHUNK_ROWS,
                            region=region, source=source)
     open_source(source)  # a bad source is one clear error here, not a failure in every chunk

@@ -126,3 +126,15 @@ def test_bad_batch_options_are_one_line(tmp_path, photo_csv, bundle, store32):  
     assert not list(tmp_path.iterdir())
     r = _run(*common, "--out", tmp_path / "y.csv", env={"JOB_COMPLETION_INDEX": "1"})
     assert r.returncode == 1 and "WORLD_SIZE" in r.stderr
+
+
+def test_missing_ray_is_one_clear_line(tmp_path, bundle, store32, monkeypatch, capsys):  # noqa: F811
+    from jzi.runtime import tiles_cli
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if it were not installed
+    assert tiles_cli.main(["build", "--engine", str(bundle), "--source", "x.tif", "-o", str(tmp_path / "s.jzt"),
+                           "--ray"]) == 1
+    assert run_cli.main(["--engine", str(bundle), "--tiles", str(store32), "x.jpg", "--out",
+                         str(tmp_path / "r.csv"), "--ray"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all("Ray is not installed: pip install 'jzi[ray]'" in line for line in err)

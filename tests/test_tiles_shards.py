@@ -2,9 +2,10 @@
 byte; shards come from --shard or the launchers' environment variables.
 
 Real views of the tiny random-weight bundle over the test GeoTIFF, on a 3-level region (273 views).
-The Ray builds are compared with the same reference in test_tiles_ray.py.
+The Ray builds are compared with the same reference in test_ray_jobs.py.
 """
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from runtime_fixtures import bundle, geotiff, rt_base  # noqa: F401
+from runtime_fixtures import bundle, geotiff, rt_base, store32  # noqa: F401
 
 from jzi.runtime import tiles as T
 from jzi.runtime.shards import ShardError, parse_shard, resolve_shard, shard_chunks, shard_from_env
@@ -119,3 +120,24 @@ def test_merge_refuses_missing_chunks_and_index_has_block_checksums(tmp_path, re
     assert T.block_digests(raw, CHUNK) == emb["block_sha256"]
     with pytest.raises(T.TileStoreError, match="no build in progress"):
         T.finalize_store(tmp_path / "nothing.jzt")
+
+
+@pytest.mark.slow
+def test_cli_shards_from_flag_and_environment_then_merge(tmp_path, bundle, geotiff, store32):  # noqa: F811
+    """The full tiny region (4369 views) through the jzi-tiles command line, as a Slurm array would run it;
+    the same encoder batches as the store32 fixture's build, so the same bytes."""
+    out = tmp_path / "cli.jzt"
+    cmd = [sys.executable, "-m", "jzi.runtime.tiles_cli", "build", "--engine", str(bundle), "--source", str(geotiff),
+           "-o", str(out), "--dtype", "fp32", "--chunk-rows", "512", "--batch", "512", "--threads", "1", "--quiet"]
+    envs = [{"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_MIN": "3", "SLURM_ARRAY_TASK_COUNT": "2"},
+            {"SLURM_ARRAY_TASK_ID": "4", "SLURM_ARRAY_TASK_MIN": "3", "SLURM_ARRAY_TASK_COUNT": "2"}]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **e})
+             for e in envs]
+    for i, p in enumerate(procs):
+        stdout, stderr = p.communicate(timeout=600)
+        assert p.returncode == 0, stderr
+        assert f"shard {i}/2" in stdout and "jzi-tiles merge" in stdout
+    r = subprocess.run([sys.executable, "-m", "jzi.runtime.tiles_cli", "merge", str(out)], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0 and "4369 views" in r.stdout, r.stderr
+    assert (out / "embeddings.f32").read_bytes() == (store32 / "embeddings.f32").read_bytes()

@@ -1,7 +1,9 @@
-"""Tile builds on Ray (local, 2 CPUs): byte-identical to the one-process build, also after a killed
-actor and after a killed driver and a rerun; a chunk that always fails ends the run naming its id
-after the configured retries. Skipped only when Ray is not installed.
+"""Ray jobs on a local 2-CPU Ray. Tile builds: byte-identical to the one-process build, also after a
+killed actor and after a killed driver and a rerun; a chunk that always fails ends the run naming
+its id after the configured retries. Batch localization: the same answers as jzi-run per photo.
+Skipped only when Ray is not installed.
 """
+import json
 import os
 import signal
 import subprocess
@@ -11,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from runtime_fixtures import bundle, geotiff, rt_base  # noqa: F401
+from runtime_fixtures import bundle, geotiff, rt_base, store32, write_photos  # noqa: F401
 from test_tiles_shards import _arrays, _index_without_time, _layout, reference  # noqa: F401
 
 from jzi.runtime import tiles as T
@@ -91,9 +93,9 @@ def test_killed_driver_then_rerun_gives_the_same_store(tmp_path, local_ray, refe
         import sys, time
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from pathlib import Path
-        from test_tiles_ray import _layout, write_store_ray, RayOptions, TileChunks
-        import ray, test_tiles_ray
-        ray.cloudpickle.register_pickle_by_value(test_tiles_ray)
+        from test_ray_jobs import _layout, write_store_ray, RayOptions, TileChunks
+        import ray, test_ray_jobs
+        ray.cloudpickle.register_pickle_by_value(test_ray_jobs)
 
         class Slow(TileChunks):
             def open(self):
@@ -122,3 +124,45 @@ def test_killed_driver_then_rerun_gives_the_same_store(tmp_path, local_ray, refe
                               RayOptions(), progress=False)
     assert _arrays(resumed) == _arrays(reference)
     assert T.verify_store(resumed)["ok"]
+
+
+@pytest.mark.slow
+def test_cli_ray_build_of_the_full_region(tmp_path, bundle, geotiff, store32):  # noqa: F811
+    """jzi-tiles build --ray as a user runs it (its own local Ray): the same bytes as the one-process build."""
+    out = tmp_path / "ray.jzt"
+    r = subprocess.run([sys.executable, "-m", "jzi.runtime.tiles_cli", "build", "--engine", str(bundle), "--source",
+                        str(geotiff), "-o", str(out), "--dtype", "fp32", "--chunk-rows", "512", "--batch", "512",
+                        "--threads", "1", "--ray", "--local-cpus", "2"], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "4369 views" in r.stdout and "4369/4369" in r.stderr and "view/s" in r.stderr  # one bar, with a rate
+    assert (out / "embeddings.f32").read_bytes() == (store32 / "embeddings.f32").read_bytes()
+
+# ---------------------------------------------------------------------------------------------
+# batch localization
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("n", [pytest.param(120, id="120"), pytest.param(1000, id="1000", marks=pytest.mark.slow)])
+def test_ray_batch_equals_jzi_run_per_photo(tmp_path, local_ray, rt_base, bundle, store32, n):  # noqa: F811
+    from jzi.runtime import run_cli
+    from jzi.runtime.batch import read_table
+    from jzi.runtime.localizer import Localizer
+
+    photos = write_photos(rt_base / f"photos{n}", rt_base, n, seed=21)
+    out = tmp_path / "res.parquet"
+    assert run_cli.main(["--engine", str(bundle), "--tiles", str(store32), str(photos[0].parent), "--out", str(out),
+                         "--ray", "--workers", "2", "--worker-cpus", "0.5", "--threads", "1", "--chunk-size", "50",
+                         "--quiet"]) == 0
+    rows = read_table(out)
+    assert [r["photo"] for r in rows] == [str(p) for p in photos]
+    loc = Localizer(bundle, store32, backend="ort-cpu", threads=1)
+    for row, photo in zip(rows, photos):
+        expect = loc.localize(photo)  # what jzi-run PHOTO prints
+        assert (row["latitude"], row["longitude"], row["zoom_path"]) == (expect.latitude, expect.longitude, expect.path)
+        assert row["step_probs"] == expect.step_probs and row["confidence"] == expect.confidence
+    # and the jzi-run command line on single photos agrees too
+    for photo in photos[:2]:
+        r = subprocess.run([sys.executable, "-m", "jzi.runtime.run_cli", "--engine", str(bundle), "--tiles",
+                            str(store32), str(photo), "--json"], capture_output=True, text=True, timeout=120)
+        got = json.loads(r.stdout)["results"][0]
+        row = rows[photos.index(photo)]
+        assert (got["latitude"], got["longitude"], got["path"]) == (row["latitude"], row["longitude"], row["zoom_path"])
+
