@@ -83,6 +83,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--out", default="bench-out/distributed")
+    ap.add_argument("--only", nargs="+", choices=("single", "shards", "ray"), default=("single", "shards", "ray"),
+                    help="contenders to run (default: all three)")
     args = ap.parse_args(argv)
     from runtime_fixtures import make_bundle, make_geotiff
 
@@ -100,6 +102,8 @@ def main(argv=None) -> int:
         "Ray local, 2 CPUs (render tasks + 1 encoder actor, 1 thread)": lambda out: timed(
             [build_cmd(bundle, tiff, out, "--threads", "1", "--ray", "--local-cpus", "2", "--workers", "1")], out),
     }
+    keys = dict(zip(("single", "shards", "ray"), contenders))
+    contenders = {keys[k]: contenders[keys[k]] for k in ("single", "shards", "ray") if k in args.only}
     results: dict[str, list[dict]] = {name: [] for name in contenders}
     stores = {}
     load = {"before": os.getloadavg()}
@@ -121,12 +125,12 @@ def main(argv=None) -> int:
     summary = {name: {k: statistics.median(x[k] for x in runs) for k in ("wall_s", "startup_s", "steady_views_s",
                                                                          "views_per_s_wall")}
                for name, runs in results.items()}
-    base = summary["single process (ORT 2 threads)"]
+    base = summary.get("single process (ORT 2 threads)")
     for s in summary.values():
-        s["wall_ratio_vs_single"] = s["wall_s"] / base["wall_s"]
+        s["wall_ratio_vs_single"] = s["wall_s"] / base["wall_s"] if base else None
     report = {"views": views, "chunk_rows": CHUNK_ROWS, "repeats": args.repeats, "identical_embeddings": identical,
               "loadavg": load, "render_s_per_384px_view": render_cost(tiff), "summary": summary, "runs": results}
-    (work / "results.json").write_text(json.dumps(report, indent=1))
+    (work / f"results-{'-'.join(args.only)}.json").write_text(json.dumps(report, indent=1))
     print(json.dumps({k: v for k, v in report.items() if k != "runs"}, indent=1))
     return 0
 

@@ -131,7 +131,7 @@ def _init(ray, opts: RayOptions) -> None:
         kw["num_cpus"] = opts.local_cpus
     try:
         ray.init(**kw)
-    except (ConnectionError, RuntimeError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 - Ray raises plain Exception for a start-up time-out
         raise RayJobError(f"cannot start or reach Ray at {opts.address or 'a local instance'}: "
                           f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
 
