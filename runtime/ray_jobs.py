@@ -8,9 +8,10 @@ to use Ray, and its batch API changes between releases, so it is kept in this on
 
 The shape of a job: numbered chunks of work, each taken through two stages by Ray Data,
 
-    CPU tasks (``prepare``: render views / decode photos)  ->  actor pool (``work``: the model, loaded
-    once per actor; ``num_gpus`` per actor on GPU nodes)  ->  the driver, which writes each chunk's
-    result (rows by id, flushed, then marked done) and moves one progress bar.
+    CPU tasks (``prepare``: render a chunk's views; photo jobs have no such stage)  ->  actor pool
+    (``work``: the model, loaded once per actor; ``num_gpus`` per actor on GPU nodes)  ->  the
+    driver, which writes each chunk's result (rows by id, flushed, then marked done) and moves one
+    progress bar.
 
 Only the driver writes, so workers need the bundle and the imagery (or photos) at the same path on
 every node, but no shared output folder. A rerun after any failure skips the chunks already done.
