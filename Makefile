@@ -6,7 +6,7 @@ STAMP := .jzi-installed
 
 $(STAMP): pyproject.toml
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[torch,geo,dev]"
+	$(PY) -m pip install -q -e ".[torch,geo,dev,ray]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -66,7 +66,7 @@ class Localizer:
                  verify_bundle: bool = True):
         self.manifest = load_manifest(bundle, verify=verify_bundle)
         self.store = tiles if isinstance(tiles, TileStore) else TileStore(tiles)
-        _check_pair(self.manifest, self.store)
+        check_pair(self.manifest, self.store)
         if not isinstance(backend, Backend):  # localizing needs no view encoder: leave it unloaded
             backend = open_backend(bundle, self.manifest, backend, threads, graphs=("street_encoder", "decoder"))
         self.backend = backend
@@ -184,7 +184,7 @@ class Localizer:
                 f"{r.size_m / 1000:g} km, {r.cell_size_m:.2f} m cells, {self.store.dtype}")
 
 
-def _check_pair(manifest: dict, store: TileStore) -> None:
+def check_pair(manifest: dict, store: TileStore) -> None:
     """Refuse a store that this bundle cannot read, naming what differs."""
     r = store.region
     if store.encoder_id != manifest["encoder_id"]:

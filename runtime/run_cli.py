@@ -2,12 +2,16 @@
 
     jzi-run --engine BUNDLE --tiles REGION.jzt query.jpg [more.jpg | folder/ | list.csv]
             [--beams k] [--json] [--geojson out.geojson] [--viz out.png [--source IMAGERY]]
+    jzi-run --engine BUNDLE --tiles REGION.jzt PHOTOS... --out results.parquet|csv [--shard I/N | --ray [ADDRESS]]
 
 Prints "photo  latitude, longitude" per photo. A CSV lists photos in a ``path`` column (relative to
 the CSV) or in the authors' dataset format (``image_id`` with ``streetview/images/{id}_undistorted.jpg``
 beside the CSV or one folder up); with ``latitude``/``longitude`` columns each line also gets its
 error in metres and a summary of R@40/50/100m follows. A photo that cannot be read is one line on
 stderr and the rest go on; the exit status is then 1.
+
+With ``--out`` the answers go to a table, one row per photo, written chunk by chunk so that a rerun
+resumes; ``--shard`` and ``--ray`` split the chunks among processes or a Ray cluster (batch.py).
 """
 from __future__ import annotations
 
@@ -21,7 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from . import ray_jobs
 from .backends import BACKENDS, BackendUnavailable
+from .batch import CHUNK_SIZE, run_batch
 from .bundle import BundleError
 from .geometry import distance_m
 from .images import MAX_PIXELS, ImageError, list_images, load_rgb
@@ -119,6 +125,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--source", metavar="IMAGERY", help="imagery for --viz when the store has no thumbnails")
     p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help=f"refuse larger photos ({MAX_PIXELS})")
     p.add_argument("--no-verify", action="store_true", help="skip the bundle checksum check at start-up")
+    t = p.add_argument_group("batch runs into a table (resumable)")
+    t.add_argument("--out", metavar="TABLE", help="write one row per photo to results.parquet or results.csv")
+    t.add_argument("--shard", metavar="I/N", help="localize only shard I of N of the chunks (default: from RANK/"
+                   "WORLD_SIZE, SLURM_ARRAY_TASK_ID/COUNT or JOB_COMPLETION_INDEX/WORLD_SIZE when set)")
+    t.add_argument("--chunk-size", type=int, default=CHUNK_SIZE, help=f"photos per chunk ({CHUNK_SIZE})")
+    t.add_argument("--force", action="store_true", help="replace an existing table / discard another run's parts")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    ray_jobs.add_arguments(p)
     return p
 
 
@@ -150,6 +164,8 @@ def run(args) -> int:
     queries = gather(args.inputs, problems)
     if not queries and not problems:
         raise ValueError("no photos given (the CSV lists none)")
+    if args.out or args.shard or args.ray is not None:
+        return run_batch(args, queries, problems, PROG)
     loc = Localizer(args.engine, args.tiles, backend=args.backend, threads=args.threads,
                     verify_bundle=not args.no_verify)
     if args.viz and loc.store.pixels is None and not args.source:
@@ -227,7 +243,8 @@ def main(argv=None) -> int:
     except BrokenPipeError:  # output piped into head & co.: stop quietly
         sys.stderr.close()
         return 0
-    except (LocalizerError, TileStoreError, BundleError, BackendUnavailable, ValueError, OSError) as e:
+    except (LocalizerError, TileStoreError, BundleError, BackendUnavailable, ValueError, OSError,
+            ray_jobs.RayJobError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
 

@@ -12,23 +12,36 @@ mean a C/C++ reader needs nothing else: ``tiles.json`` gives dtype, byte order, 
 
 ``tiles.json``: format ("jzi-tiles"), format_version, created, region (a Region dict), grid,
 steps, view_px, dim, levels [{level, offset, count, size_m, meters_per_pixel}], files {role:
-{path, dtype, byte_order, shape, bytes, sha256}}, encoder_id (the bundle's; a runtime refuses a
-store made by other encoder weights), encoder_precision, source (what the views were rendered from).
+{path, dtype, byte_order, shape, bytes, sha256, block_rows, block_sha256}}, encoder_id (the
+bundle's; a runtime refuses a store made by other encoder weights), encoder_precision, source
+(what the views were rendered from). ``block_sha256`` lists the sha256 of each consecutive block of
+``block_rows`` rows of the raw array (the last block may be shorter).
 
 Opening reads the JSON and maps the arrays: no checksums, so it is fast (tens of microseconds
 for the JSON, nothing proportional to the region). ``verify_store`` checks the sha256s and that
 every value is finite. A store is untrusted input: every field, size and shape is validated.
 
-Building (``write_store``) goes into ``REGION.jzt.partial/`` with a ``progress.json`` record
-updated after every flushed batch, resumes from it when run again with the same settings, and
-renames the directory into place only when complete.
+Building is chunked and idempotent, so any number of workers (one process, ``--shard i/N``
+processes, Ray actors) can fill one store and any of them can die and be rerun::
+
+    REGION.jzt.partial/
+        build.json        the StoreLayout (region, dim, dtype, thumbs, chunk_rows, encoder): every worker's plan
+        embeddings.f16    preallocated at full size (sparse), rows written in place by view id
+        pixels.u8         likewise, when thumbnails are built
+        done/00000012     an empty marker per chunk, created only after the chunk's rows are flushed
+
+A worker skips chunks already marked; the merge (``finalize_store``, ``jzi-tiles merge``) checks
+that every chunk is marked, writes ``tiles.json`` with the checksums and renames the directory
+into place. Rewriting a chunk writes the same bytes, so reruns and retries are harmless.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -41,7 +54,8 @@ from .geometry import Region
 FORMAT = "jzi-tiles"
 FORMAT_VERSION = 1
 INDEX = "tiles.json"
-PROGRESS = "progress.json"
+BUILD = "build.json"  # the layout of a build in progress, shared by its workers
+DONE_DIR = "done"  # one empty file per finished chunk
 DTYPES = {"float16": "embeddings.f16", "float32": "embeddings.f32"}
 PIXELS = "pixels.u8"
 _LIMITS = {"grid": (2, 16), "steps": (1, 12), "dim": (1, 1 << 16), "view_px": (1, 1 << 14)}
@@ -205,109 +219,254 @@ def verify_store(path, chunk_rows: int = 8192) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# writing
+# writing: chunked and idempotent
 # ---------------------------------------------------------------------------------------------
 Produce = Callable[[np.ndarray], "tuple[np.ndarray, np.ndarray | None]"]
+CHUNK_ROWS = 1024
 
 
-def write_store(out, region: Region, dim: int, encoder_id: str, produce: Produce, *, dtype: str = "float16",
-                thumb_px: int = 0, batch: int = 32, meta: dict | None = None, force: bool = False,
-                progress: bool = True) -> Path:
-    """Fill a store row by row from ``produce(rows) -> (embeddings [n, D], views uint8 [n, S, S, 3] or None)``.
+@dataclass(frozen=True)
+class StoreLayout:
+    """What one build writes; every worker of a build (shard, Ray actor, rerun) agrees on it.
 
-    Resumable: the work goes to ``OUT.partial/``; rerunning with the same settings continues after the
-    last flushed batch. ``force`` replaces an existing store and discards a mismatched partial build.
+    The rows are cut into chunks of ``chunk_rows`` (the last one may be shorter); a chunk is the unit
+    of work, of resumption and of the per-block checksums in the index (``block_rows``).
     """
-    import cv2
-    from tqdm import tqdm
 
+    region: Region
+    dim: int
+    encoder_id: str
+    dtype: str = "float16"
+    thumb_px: int = 0
+    chunk_rows: int = CHUNK_ROWS
+    meta: dict = field(default_factory=dict)  # extra index keys: encoder_precision, source
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise TileStoreError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
+        if self.chunk_rows < 1:
+            raise TileStoreError(f"chunk rows must be positive, got {self.chunk_rows}")
+
+    @property
+    def n_chunks(self) -> int:
+        return -(-self.region.total_views // self.chunk_rows)
+
+    def chunk_range(self, chunk: int) -> tuple[int, int]:
+        start = chunk * self.chunk_rows
+        return start, min(start + self.chunk_rows, self.region.total_views)
+
+    def files(self) -> dict:
+        total = self.region.total_views
+        files = {"embeddings": {"path": DTYPES[self.dtype], "dtype": self.dtype, "byte_order": "little",
+                                "shape": [total, self.dim], "bytes": total * self.dim * np.dtype(self.dtype).itemsize}}
+        if self.thumb_px:
+            px = self.thumb_px
+            files["pixels"] = {"path": PIXELS, "dtype": "uint8", "byte_order": "little",
+                               "shape": [total, px, px, 3], "bytes": total * px * px * 3}
+        return files
+
+    def to_dict(self) -> dict:
+        return {"region": self.region.to_dict(), "dim": self.dim, "encoder_id": self.encoder_id, "dtype": self.dtype,
+                "thumb_px": self.thumb_px, "chunk_rows": self.chunk_rows, "meta": self.meta}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "StoreLayout":
+        return cls(Region.from_dict(d["region"]), int(d["dim"]), str(d["encoder_id"]), str(d["dtype"]),
+                   int(d["thumb_px"]), int(d["chunk_rows"]), dict(d.get("meta") or {}))
+
+
+def partial_dir(out) -> Path:
     out = Path(out)
-    if dtype not in DTYPES:
-        raise TileStoreError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
-    if out.exists() and not force:
-        raise TileStoreError(f"{out} exists; use --force to replace it")
-    total = region.total_views
-    emb_entry = {"path": DTYPES[dtype], "dtype": dtype, "byte_order": "little", "shape": [total, dim],
-                 "bytes": total * dim * np.dtype(dtype).itemsize}
-    files = {"embeddings": emb_entry}
-    if thumb_px:
-        files["pixels"] = {"path": PIXELS, "dtype": "uint8", "byte_order": "little",
-                           "shape": [total, thumb_px, thumb_px, 3], "bytes": total * thumb_px * thumb_px * 3}
-    fingerprint = {"region": region.to_dict(), "dim": dim, "dtype": dtype, "thumb_px": thumb_px,
-                   "encoder_id": encoder_id, "source": (meta or {}).get("source")}
+    return out.with_name(out.name + ".partial")
 
-    partial = out.with_name(out.name + ".partial")
-    if (partial / INDEX).is_file() and not (partial / PROGRESS).exists():
+
+def _done_marker(partial: Path, chunk: int) -> Path:
+    return partial / DONE_DIR / f"{chunk:08d}"
+
+
+def prepare_build(out, layout: StoreLayout, force: bool = False) -> Path | None:
+    """Create (or join) the build of ``out``: ``OUT.partial/`` with the arrays preallocated.
+
+    Safe to call from many processes at once: the plan file is written atomically with the same
+    content, and arrays are only ever extended to their size, never truncated or rewritten.
+    Returns None when a finished store is already in place (nothing to do).
+    """
+    out = Path(out)
+    partial = partial_dir(out)
+    if (partial / INDEX).is_file() and not (partial / BUILD).exists():
         try:  # stopped between finishing and renaming: the partial store is complete
             finished = TileStore(partial)
-            if finished.meta["encoder_id"] == encoder_id and finished.meta["region"] == region.to_dict():
+            if finished.meta["encoder_id"] == layout.encoder_id and finished.meta["region"] == layout.region.to_dict():
                 _replace_dir(partial, out)
-                return out
+                return None
         except TileStoreError:
             pass
-    done = _resume_point(partial, fingerprint, force)
-    partial.mkdir(parents=True, exist_ok=True)
-    arrays = {}
-    for role, entry in files.items():
-        f = partial / entry["path"]
-        if not f.exists() or done == 0:
-            with open(f, "wb") as fh:
-                fh.truncate(entry["bytes"])  # sparse until written
-        arrays[role] = np.memmap(f, dtype=_le(entry["dtype"]), mode="r+", shape=tuple(entry["shape"]))
+    if out.exists() and not force:
+        raise TileStoreError(f"{out} exists; use --force to replace it")
+    plan = json.loads(json.dumps(layout.to_dict()))
+    if (partial / BUILD).exists() or (partial / "progress.json").exists():  # the latter: an older builder's record
+        try:
+            same = json.loads((partial / BUILD).read_text()) == plan
+        except (OSError, ValueError):
+            same = False
+        if not same:
+            if not force:
+                raise TileStoreError(f"{partial} holds an unfinished build with other settings; remove it or use --force")
+            shutil.rmtree(partial)
+    (partial / DONE_DIR).mkdir(parents=True, exist_ok=True)
+    if not (partial / BUILD).exists():
+        _atomic_json(partial / BUILD, plan)
+    for entry in layout.files().values():
+        fd = os.open(partial / entry["path"], os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if os.fstat(fd).st_size < entry["bytes"]:
+                os.ftruncate(fd, entry["bytes"])  # sparse until written
+        finally:
+            os.close(fd)
+    return partial
 
-    bar = tqdm(total=total, initial=done, unit="view", desc=f"tiles {out.name}", disable=not progress,
-               dynamic_ncols=True, smoothing=0.1)
+
+def open_build(out) -> tuple[Path, StoreLayout]:
+    """The partial build of ``out`` and its layout, as recorded by the workers that made it."""
+    partial = partial_dir(out)
     try:
-        for start in range(done, total, batch):
-            rows = np.arange(start, min(start + batch, total))
-            emb, views = produce(rows)
-            emb = np.asarray(emb, dtype=np.float32)
-            if emb.shape != (len(rows), dim) or not np.isfinite(emb).all():
-                raise TileStoreError(f"the encoder returned {emb.shape} or non-finite values for rows {start}..")
-            arrays["embeddings"][start:start + len(rows)] = emb
-            if thumb_px:
-                if views is None:
-                    raise TileStoreError("a pixel pyramid was asked for but no view images were produced")
-                arrays["pixels"][start:start + len(rows)] = [
-                    cv2.resize(v, (thumb_px, thumb_px), interpolation=cv2.INTER_AREA) for v in views]
-            for arr in arrays.values():
-                arr.flush()
-            _atomic_json(partial / PROGRESS, {"rows_done": int(rows[-1]) + 1, "fingerprint": fingerprint})
-            bar.update(len(rows))
-    finally:
-        bar.close()
-        for arr in arrays.values():
-            arr.flush()
-        del arrays
+        plan = json.loads((partial / BUILD).read_text())
+        return partial, StoreLayout.from_dict(plan)
+    except FileNotFoundError:
+        raise TileStoreError(f"{partial}: no build in progress (nothing to merge)") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise TileStoreError(f"{partial / BUILD}: unreadable build plan ({e})") from None
 
+
+def chunks_done(partial: Path, layout: StoreLayout) -> set[int]:
+    names = os.listdir(partial / DONE_DIR) if (partial / DONE_DIR).is_dir() else []
+    return {int(n) for n in names if n.isdigit() and int(n) < layout.n_chunks}
+
+
+class ChunkWriter:
+    """Writes whole chunks into a prepared build: rows by view id, flushed, then marked done."""
+
+    def __init__(self, partial: Path, layout: StoreLayout):
+        self.partial, self.layout = partial, layout
+        self.arrays = {role: np.memmap(partial / e["path"], dtype=_le(e["dtype"]), mode="r+", shape=tuple(e["shape"]))
+                       for role, e in layout.files().items()}
+
+    def write(self, chunk: int, embeddings: np.ndarray, thumbs: np.ndarray | None) -> None:
+        start, stop = self.layout.chunk_range(chunk)
+        emb = np.asarray(embeddings, dtype=np.float32)
+        if emb.shape != (stop - start, self.layout.dim) or not np.isfinite(emb).all():
+            raise TileStoreError(f"chunk {chunk}: the encoder returned {emb.shape} or non-finite values for rows "
+                                 f"{start}..{stop - 1}")
+        self.arrays["embeddings"][start:stop] = emb
+        if self.layout.thumb_px:
+            px = self.layout.thumb_px
+            if thumbs is None or np.shape(thumbs) != (stop - start, px, px, 3):
+                raise TileStoreError(f"chunk {chunk}: a pixel pyramid was asked for but no {px} px views were produced")
+            self.arrays["pixels"][start:stop] = thumbs
+        for arr in self.arrays.values():
+            arr.flush()
+        _done_marker(self.partial, chunk).write_bytes(b"")  # only after the rows are on disk
+
+    def close(self) -> None:
+        for arr in self.arrays.values():
+            arr.flush()
+        self.arrays.clear()
+
+
+def make_thumbs(views: np.ndarray | None, px: int) -> np.ndarray | None:
+    """uint8 [n, px, px, 3] thumbnails of rendered views (None when no pixel pyramid is built)."""
+    import cv2
+
+    if not px:
+        return None
+    if views is None:
+        raise TileStoreError("a pixel pyramid was asked for but no view images were produced")
+    return np.stack([cv2.resize(v, (px, px), interpolation=cv2.INTER_AREA) for v in views])
+
+
+def block_digests(array: np.ndarray, block_rows: int) -> list[str]:
+    """sha256 of each consecutive block of ``block_rows`` rows of a raw array (the last may be shorter)."""
+    return [hashlib.sha256(np.ascontiguousarray(array[start:start + block_rows]).tobytes()).hexdigest()
+            for start in range(0, len(array), block_rows)]
+
+
+def finalize_store(out) -> Path:
+    """Merge a build: check every chunk is marked done, write the index with checksums, move into place."""
+    out = Path(out)
+    partial, layout = open_build(out)
+    missing = sorted(set(range(layout.n_chunks)) - chunks_done(partial, layout))
+    if missing:
+        shown = ", ".join(map(str, missing[:20])) + (", ..." if len(missing) > 20 else "")
+        raise TileStoreError(f"{partial}: {len(missing)} of {layout.n_chunks} chunks are not built yet "
+                             f"(chunks {shown}); run the remaining shards or build again without --shard")
+    files = layout.files()
     for entry in files.values():
+        arr = np.memmap(partial / entry["path"], dtype=_le(entry["dtype"]), mode="r", shape=tuple(entry["shape"]))
         entry["sha256"] = sha256_file(partial / entry["path"])
+        entry["block_rows"] = layout.chunk_rows
+        entry["block_sha256"] = block_digests(arr, layout.chunk_rows)
+        del arr
+    region = layout.region
     index = {"format": FORMAT, "format_version": FORMAT_VERSION,
              "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
              "region": region.to_dict(), "grid": region.grid, "steps": region.steps, "view_px": region.view_px,
-             "dim": dim, "levels": levels_table(region), "files": files, "encoder_id": encoder_id, **(meta or {})}
+             "dim": layout.dim, "levels": levels_table(region), "files": files, "encoder_id": layout.encoder_id,
+             **layout.meta}
     _atomic_json(partial / INDEX, index)
-    (partial / PROGRESS).unlink()
+    (partial / BUILD).unlink()
+    shutil.rmtree(partial / DONE_DIR)
     _replace_dir(partial, out)
     return out
 
 
-def _resume_point(partial: Path, fingerprint: dict, force: bool) -> int:
-    """Rows already done in a partial build with the same settings (0 for a fresh build)."""
-    if not partial.exists() or not (partial / PROGRESS).exists():
-        return 0  # nothing flushed yet: start afresh (the arrays are recreated)
+def write_store(out, region: Region, dim: int, encoder_id: str, produce: Produce, *, dtype: str = "float16",
+                thumb_px: int = 0, batch: int = 32, chunk_rows: int = CHUNK_ROWS, meta: dict | None = None,
+                force: bool = False, progress: bool = True, shard: tuple[int, int] = (0, 1)) -> Path | None:
+    """Fill a store chunk by chunk from ``produce(rows) -> (embeddings [n, D], views uint8 [n, S, S, 3] or None)``.
+
+    Resumable: the work goes to ``OUT.partial/``; a rerun with the same settings skips the chunks
+    marked done. ``shard=(i, N)`` does only chunks ``c % N == i`` and leaves the merge (checksums,
+    index, rename) to :func:`finalize_store`; the whole job (``(0, 1)``) merges itself and returns
+    the store's path. ``force`` replaces an existing store and discards a mismatched partial build.
+    """
+    layout = StoreLayout(region, dim, encoder_id, dtype, thumb_px, chunk_rows, dict(meta or {}))
+    partial = prepare_build(out, layout, force)
+    if partial is None:
+        return Path(out)
+    build_chunks(partial, layout, produce, batch=batch, shard=shard, progress=progress, label=Path(out).name)
+    return finalize_store(out) if shard[1] == 1 else None
+
+
+def build_chunks(partial: Path, layout: StoreLayout, produce: Produce, *, batch: int, shard: tuple[int, int],
+                 progress: bool, label: str) -> None:
+    """The one-worker loop: this shard's chunks not yet done, ``batch`` rows per ``produce`` call."""
+    from tqdm import tqdm
+
+    from .shards import shard_chunks
+
+    mine = shard_chunks(layout.n_chunks, shard)
+    done = chunks_done(partial, layout)
+    todo = [c for c in mine if c not in done]
+    rows_of = [layout.chunk_range(c) for c in mine]
+    total = sum(b - a for a, b in rows_of)
+    already = sum(b - a for c, (a, b) in zip(mine, rows_of) if c in done)
+    desc = f"tiles {label}" + (f" shard {shard[0]}/{shard[1]}" if shard[1] > 1 else "")
+    bar = tqdm(total=total, initial=already, unit="view", desc=desc, disable=not progress, dynamic_ncols=True,
+               smoothing=0.1)
+    writer = ChunkWriter(partial, layout)
     try:
-        record = json.loads((partial / PROGRESS).read_text())
-        same = record.get("fingerprint") == json.loads(json.dumps(fingerprint))
-        rows = int(record.get("rows_done", 0))
-    except (OSError, ValueError, AttributeError, TypeError):
-        same, rows = False, 0
-    if same:
-        return rows
-    if not force:
-        raise TileStoreError(f"{partial} holds an unfinished build with other settings; remove it or use --force")
-    shutil.rmtree(partial)
-    return 0
+        for chunk in todo:
+            start, stop = layout.chunk_range(chunk)
+            embs, thumbs = [], []
+            for a in range(start, stop, batch):
+                emb, views = produce(np.arange(a, min(a + batch, stop)))
+                embs.append(np.asarray(emb, dtype=np.float32))
+                thumbs.append(make_thumbs(views, layout.thumb_px))
+                bar.update(len(embs[-1]))
+            writer.write(chunk, np.concatenate(embs), np.concatenate(thumbs) if layout.thumb_px else None)
+    finally:
+        bar.close()
+        writer.close()
 
 
 def _replace_dir(src: Path, dst: Path) -> None:
@@ -337,13 +496,10 @@ def view_geometry(region: Region, rows: np.ndarray) -> tuple[np.ndarray, np.ndar
     return centres, region.level_size_m(levels)
 
 
-def build_store(out, bundle_dir, source, *, backend: str = "auto", threads: int | None = None,
-                dtype: str = "float16", batch: int = 32, thumb_px: int = 0, region: Region | None = None,
-                force: bool = False, progress: bool = True) -> Path:
-    """Render every view of the region from ``source`` and encode it with the bundle's view encoder."""
-    from .backends import open_backend
+def plan_build(bundle_dir, *, dtype: str = "float16", thumb_px: int = 0, chunk_rows: int = CHUNK_ROWS,
+               region: Region | None = None, source=None) -> tuple[dict, StoreLayout]:
+    """The bundle's manifest and the layout of the store it builds over ``region`` (default: the bundle's)."""
     from .bundle import load_manifest
-    from .imagery import open_source
 
     manifest = load_manifest(bundle_dir)
     if region is None:
@@ -354,15 +510,40 @@ def build_store(out, bundle_dir, source, *, backend: str = "auto", threads: int 
     if (region.grid, region.steps) != (int(manifest["grid"]), int(manifest["steps"])):
         raise TileStoreError(f"the region's grid/steps {region.grid}/{region.steps} differ from the bundle's "
                              f"{manifest['grid']}/{manifest['steps']}")
+    meta = {"encoder_precision": manifest["precision"], "source": str(source)}
+    return manifest, StoreLayout(region, int(manifest["width"]), manifest["encoder_id"], dtype, thumb_px, chunk_rows,
+                                 meta)
+
+
+def render_views(src, region: Region, rows: np.ndarray) -> np.ndarray:
+    """The views at store ``rows`` rendered from an opened imagery source: uint8 [n, S, S, 3]."""
+    centres, sizes = view_geometry(region, rows)
+    return src.render_many(centres, sizes, region.view_px)
+
+
+def build_store(out, bundle_dir, source, *, backend: str = "auto", threads: int | None = None,
+                dtype: str = "float16", batch: int = 32, chunk_rows: int = CHUNK_ROWS, thumb_px: int = 0,
+                region: Region | None = None, force: bool = False, progress: bool = True,
+                shard: tuple[int, int] = (0, 1)) -> Path | None:
+    """Render every view of the region from ``source`` and encode it with the bundle's view encoder.
+
+    With ``shard=(i, N)``, N > 1, only this shard's chunks are built and None is returned: merge with
+    :func:`finalize_store` (``jzi-tiles merge``) once every shard has finished.
+    """
+    from .backends import open_backend
+    from .imagery import open_source
+
+    manifest, layout = plan_build(bundle_dir, dtype=dtype, thumb_px=thumb_px, chunk_rows=chunk_rows, region=region,
+                                  source=source)
     src = open_source(source)
     engine = open_backend(bundle_dir, manifest, backend=backend, threads=threads, graphs=("view_encoder",))
-    px = region.view_px
+    partial = prepare_build(out, layout, force)
+    if partial is None:
+        return Path(out)
 
     def produce(rows: np.ndarray):
-        centres, sizes = view_geometry(region, rows)
-        views = src.render_many(centres, sizes, px)
+        views = render_views(src, layout.region, rows)
         return engine.encode_views(views), views
 
-    meta = {"encoder_precision": manifest["precision"], "source": str(source)}
-    return write_store(out, region, int(manifest["width"]), manifest["encoder_id"], produce, dtype=dtype,
-                       thumb_px=thumb_px, batch=batch, meta=meta, force=force, progress=progress)
+    build_chunks(partial, layout, produce, batch=batch, shard=shard, progress=progress, label=Path(out).name)
+    return finalize_store(out) if shard[1] == 1 else None

@@ -1,12 +1,19 @@
 """``jzi-tiles``: build, inspect and verify tile stores.
 
     jzi-tiles build --engine BUNDLE --source SOURCE -o REGION.jzt [--dtype fp16|fp32] [--thumbs PX]
+                    [--shard I/N | --ray [ADDRESS]]
+    jzi-tiles merge REGION.jzt
     jzi-tiles info REGION.jzt [--json]
     jzi-tiles verify REGION.jzt [--engine BUNDLE] [--json]
 
 SOURCE is anything ``jzi.runtime.imagery.open_source`` reads: an XYZ tile folder or its
 tiledwebmaps ``layout.yaml``, a GeoTIFF, or a dataset root with ``satellite/layout.yaml`` (the
 synthetic world is written in these formats). An interrupted build resumes when run again.
+
+Many machines: ``--shard I/N`` (or the RANK/WORLD_SIZE, Slurm array or Kubernetes indexed-job
+environment) builds one N-th of the chunks into a shared folder, then ``jzi-tiles merge`` (or a
+build without --shard) checks every chunk and writes the index. ``--ray`` runs the whole build on
+a Ray cluster (``pip install 'jzi[ray]'``): a private local one, or ADDRESS (``auto``, ``ray://...``).
 """
 from __future__ import annotations
 
@@ -18,7 +25,10 @@ from dataclasses import replace
 from .backends import BACKENDS, BackendUnavailable
 from .bundle import BundleError, load_manifest
 from .geometry import Region
-from .tiles import TileStore, TileStoreError, build_store, verify_store
+from . import ray_jobs
+from .ray_jobs import RayJobError
+from .shards import resolve_shard
+from .tiles import CHUNK_ROWS, TileStore, TileStoreError, build_store, finalize_store, verify_store
 
 PROG = "jzi-tiles"
 
@@ -61,6 +71,14 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--size-m", type=float, help="region side in metres (default: the bundle's region)")
     b.add_argument("--force", action="store_true", help="replace an existing store / discard a mismatched partial build")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.add_argument("--chunk-rows", type=_positive_int, default=CHUNK_ROWS,
+                   help=f"views per chunk: the unit of work, resumption and block checksums ({CHUNK_ROWS})")
+    b.add_argument("--shard", metavar="I/N", help="build only shard I of N (default: from RANK/WORLD_SIZE, "
+                   "SLURM_ARRAY_TASK_ID/COUNT or JOB_COMPLETION_INDEX/WORLD_SIZE when set); merge afterwards")
+    ray_jobs.add_arguments(b)
+
+    m = sub.add_parser("merge", help="finish a sharded build: check every chunk, write the index with checksums")
+    m.add_argument("store", metavar="REGION.jzt")
 
     i = sub.add_parser("info", help="print what a tile store holds")
     i.add_argument("store")
@@ -84,13 +102,34 @@ def cmd_build(args) -> int:
         region = replace(region, size_m=float(args.size_m))
     if not 0 <= args.thumbs <= region.view_px:
         raise TileStoreError(f"--thumbs must be between 0 and the view size {region.view_px}")
-    out = build_store(args.output, args.engine, args.source, backend=args.backend, threads=args.threads,
-                      dtype={"fp16": "float16", "fp32": "float32"}[args.dtype], batch=args.batch,
-                      thumb_px=args.thumbs, region=region, force=args.force, progress=not args.quiet)
+    settings = dict(backend=args.backend, threads=args.threads, dtype={"fp16": "float16", "fp32": "float32"}[args.dtype],
+                    batch=args.batch, chunk_rows=args.chunk_rows, thumb_px=args.thumbs, region=region,
+                    force=args.force, progress=not args.quiet)
+    if args.ray is not None:
+        if args.shard:
+            raise ValueError("--shard and --ray do not mix: Ray splits the work itself")
+        out = ray_jobs.build_store_ray(args.output, args.engine, args.source, ray_jobs.options_from_args(args),
+                                       **settings)
+    else:
+        shard = resolve_shard(args.shard)
+        out = build_store(args.output, args.engine, args.source, shard=shard, **settings)
+        if out is None:
+            print(f"shard {shard[0]}/{shard[1]} of {args.output} done; when every shard is: "
+                  f"{PROG} merge {args.output}")
+            return 0
+    _print_built(out)
+    return 0
+
+
+def cmd_merge(args) -> int:
+    _print_built(finalize_store(args.store))
+    return 0
+
+
+def _print_built(out) -> None:
     store = TileStore(out)
     print(f"wrote {out}: {store.total_views} views x {store.dim} {store.dtype}, "
           f"{store.region.steps} steps over {store.region.size_m / 1000:g} km")
-    return 0
 
 
 def cmd_info(args) -> int:
@@ -128,11 +167,11 @@ def cmd_verify(args) -> int:
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
-        return {"build": cmd_build, "info": cmd_info, "verify": cmd_verify}[args.command](args)
+        return {"build": cmd_build, "merge": cmd_merge, "info": cmd_info, "verify": cmd_verify}[args.command](args)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
-    except (TileStoreError, BundleError, BackendUnavailable, ValueError, OSError) as e:
+    except (TileStoreError, BundleError, BackendUnavailable, ValueError, OSError, RayJobError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
 

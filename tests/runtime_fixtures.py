@@ -108,9 +108,22 @@ def make_photos(base: Path, n: int, seed: int = 1) -> list[np.ndarray]:
     for _ in range(n):
         east, north = rng.uniform(-0.45, 0.45, size=2) * region.size_m
         centre = move_en(region.center, east, north)
-        view = src.render(centre, float(rng.uniform(150, 2500)), 100)
+        room = 2 * (region.size_m / 2 + MARGIN_M - max(abs(east), abs(north))) - 1  # stay inside the GeoTIFF
+        view = src.render(centre, min(float(rng.uniform(150, 2500)), room), 100)
         photos.append(np.concatenate([view, view[:, ::-1]], axis=1)[: 96])
     return photos
+
+
+def write_photos(folder: Path, base: Path, n: int, seed: int = 1) -> list[Path]:
+    """``make_photos`` saved as JPEGs ``folder/p0000.jpg`` ... (reused when already there)."""
+    import cv2
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"p{i:04d}.jpg" for i in range(n)]
+    if not all(p.exists() for p in paths):
+        for path, photo in zip(paths, make_photos(base, n, seed)):
+            cv2.imwrite(str(path), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+    return paths
 
 
 @pytest.fixture(scope="session")

@@ -73,14 +73,14 @@ def test_interrupted_build_resumes_and_only_does_the_rest(tmp_path):
         return _produce(rows)
 
     with pytest.raises(KeyboardInterrupt):
-        write_store(tmp_path / "r.jzt", SMALL, DIM, "enc", dies_after_three, batch=40, progress=False)
+        write_store(tmp_path / "r.jzt", SMALL, DIM, "enc", dies_after_three, batch=40, chunk_rows=40, progress=False)
     assert not (tmp_path / "r.jzt").exists()
-    progress = json.loads((tmp_path / "r.jzt.partial" / "progress.json").read_text())
-    assert progress["rows_done"] == 120
+    assert sorted(p.name for p in (tmp_path / "r.jzt.partial" / "done").iterdir()) == ["00000000", "00000001",
+                                                                                       "00000002"]
 
     resumed = []
     out = write_store(tmp_path / "r.jzt", SMALL, DIM, "enc", lambda r: (resumed.append(r), _produce(r))[1],
-                      batch=40, progress=False)
+                      batch=40, chunk_rows=40, progress=False)
     assert resumed[0][0] == 120 and sum(map(len, resumed)) == 273 - 120
     np.testing.assert_allclose(TileStore(out).embeddings, _values(np.arange(273)), rtol=1e-3)
     assert not (tmp_path / "r.jzt.partial").exists()
@@ -93,7 +93,7 @@ def test_interrupted_build_resumes_and_only_does_the_rest(tmp_path):
     # a partial build made with other settings is refused, then discarded with force
     calls.clear()
     with pytest.raises(KeyboardInterrupt):
-        write_store(tmp_path / "q.jzt", SMALL, DIM, "enc", dies_after_three, batch=40, progress=False)
+        write_store(tmp_path / "q.jzt", SMALL, DIM, "enc", dies_after_three, batch=40, chunk_rows=40, progress=False)
     with pytest.raises(TileStoreError, match="other settings"):
         write_store(tmp_path / "q.jzt", SMALL, DIM, "other-encoder", _produce, progress=False)
     write_store(tmp_path / "q.jzt", SMALL, DIM, "other-encoder", _produce, progress=False, force=True)
@@ -211,12 +211,12 @@ def test_cli_build_resumes_an_interrupted_build_then_info_verify(tmp_path, bundl
     monkeypatch.setattr(imagery, "open_source", lambda spec: Dying(real_open(spec)))
     out = tmp_path / "cli.jzt"
     with pytest.raises(KeyboardInterrupt):
-        T.build_store(out, bundle, str(geotiff), dtype="float32", thumb_px=8, batch=100, progress=False,
-                      backend="ort-cpu")
-    assert json.loads((tmp_path / "cli.jzt.partial" / "progress.json").read_text())["rows_done"] == 200
+        T.build_store(out, bundle, str(geotiff), dtype="float32", thumb_px=8, batch=100, chunk_rows=100,
+                      progress=False, backend="ort-cpu")
+    assert len(list((tmp_path / "cli.jzt.partial" / "done").iterdir())) == 2
     monkeypatch.undo()
     r = _cli("build", "--engine", bundle, "--source", str(geotiff), "-o", out, "--dtype", "fp32", "--thumbs", "8",
-             "--batch", "100")
+             "--batch", "100", "--chunk-rows", "100")
     assert r.returncode == 0, r.stderr
     assert "4369 views" in r.stdout and "view/s" in r.stderr  # progress bar with a rate
     assert "200/4369" in r.stderr  # the bar starts where the last run stopped
