@@ -133,8 +133,10 @@ nlohmann::json read_json_document(const fs::path& path, const std::string& forma
     try {
         doc = nlohmann::json::parse(text.str());
     } catch (const nlohmann::json::exception& e) {
-        std::string why = e.what();
-        throw Error(kind, path.string() + ": not valid JSON (" + why.substr(0, why.find('\n')) + ")");
+        std::string why = e.what();  // "[json.exception.parse_error.101] parse error at line 1, column 3: ..."
+        const auto at = why.find(" at line ");
+        why = why.substr(at == std::string::npos ? 0 : at + 4);
+        throw Error(kind, path.string() + ": not valid JSON (" + why.substr(0, why.find("; last read")) + ")");
     }
     if (!doc.is_object() || !doc.contains("format") || doc["format"] != format)
         throw Error(kind, path.string() + ": not a " + what);

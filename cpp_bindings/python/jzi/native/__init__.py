@@ -10,25 +10,13 @@ Python runtime's own types (BundleError, TileStoreError, ImageError, LocalizerEr
 """
 from __future__ import annotations
 
-import ctypes
-import importlib.util
+import os
+import sys
 from pathlib import Path
 
+from jzi.runtime.localizer import Candidate, Localization
 
-def _load_onnxruntime() -> None:
-    """Load the onnxruntime wheel's libonnxruntime.so first, so that the module's link to it resolves."""
-    spec = importlib.util.find_spec("onnxruntime")
-    if spec is None or spec.origin is None:
-        raise ImportError("jzi.native needs the onnxruntime package (pip install onnxruntime)")
-    libs = sorted(p for p in (Path(spec.origin).parent / "capi").glob("libonnxruntime.so*") if "providers" not in p.name)
-    if libs:
-        ctypes.CDLL(str(libs[0]), mode=ctypes.RTLD_GLOBAL)
-
-
-_load_onnxruntime()
-
-from . import _native  # noqa: E402
-from jzi.runtime.localizer import Candidate, Localization  # noqa: E402
+from . import _native
 
 TileStore = _native.TileStore
 load_manifest = _native.load_manifest
@@ -36,6 +24,34 @@ decode_image = _native.decode_image
 read_image = _native.read_image
 street_input = _native.street_input
 available_backends = _native.available_backends
+
+
+_HERE = Path(__file__).resolve().parent
+
+
+def _find(*names: str) -> Path:
+    """A file installed beside this module (pip) or, in a CMake build tree, two folders up."""
+    for folder in (_HERE, _HERE.parents[2]):
+        for name in names:
+            if (folder / name).is_file():
+                return folder / name
+    raise FileNotFoundError(f"{names[0]} is not installed beside jzi.native ({_HERE})")
+
+
+def library_path() -> Path:
+    """libjzi (the C API of include/jzi/jzi.h), e.g. for ctypes.CDLL."""
+    return _find("libjzi.so.0", "libjzi.so")
+
+
+def cli_path() -> Path:
+    """The jzi-run-native program."""
+    return _find("jzi-run-native")
+
+
+def run_cli() -> None:
+    """Console entry point: replace this process with jzi-run-native (same arguments)."""
+    exe = str(cli_path())
+    os.execv(exe, [exe, *sys.argv[1:]])
 
 
 def _localization(d: dict) -> Localization:
