@@ -242,7 +242,7 @@ private:
         cudaGraphExec_t exec = nullptr;
         if (ok && cudaGraphInstantiate(&exec, graph, 0) != cudaSuccess) exec = nullptr;
         if (graph) cudaGraphDestroy(graph);
-        cudaGetLastError();  // a failed capture leaves a sticky-free error behind: clear it
+        cudaGetLastError();  // a failed capture leaves its (non-sticky) error behind: clear it
         return exec;
     }
 
