@@ -347,3 +347,23 @@ def test_jzi_run_backend_native_prints_the_same(bundle, store16, photos):  # noq
     py, nat = _cli(PYTHON_CLI, *args), _cli(PYTHON_CLI, *args, "--backend", "native")
     assert py.returncode == nat.returncode == 0, nat.stderr
     assert nat.stdout == py.stdout and len(nat.stdout.splitlines()) == 4
+
+
+def test_cli_draws_the_same_zoom_path(tmp_path, bundle, store32, photos):  # noqa: F811
+    good = TileStore(store32)
+    rng = np.random.default_rng(5)
+    thumbs = write_store(tmp_path / "thumbs.jzt", good.region, good.dim, good.encoder_id,
+                         lambda r: (np.asarray(good.embeddings[r], np.float32), rng.integers(0, 255, (len(r), 64, 64, 3), np.uint8)),
+                         dtype="float32", thumb_px=16, batch=4096, progress=False)
+    csv = tmp_path / "one.csv"
+    csv.write_text(f"path,latitude,longitude\n{photos[3]},38.9,-76.99\n")
+    pictures = []
+    for program, name in ((PYTHON_CLI, "py"), (NATIVE_CLI, "native")):
+        out = tmp_path / f"{name}.png"
+        r = _cli(program, "--engine", bundle, "--tiles", thumbs, "--threads", 1, "--viz", out, csv)
+        assert r.returncode == 0 and f"zoom path drawn to {out}" in r.stdout, r.stderr
+        pictures.append(cv2.imread(str(out)).astype(np.int16))
+    assert pictures[0].shape == pictures[1].shape
+    assert np.abs(pictures[0] - pictures[1]).mean() < 1.0  # the same picture (text antialiasing may differ)
+    r = _cli(NATIVE_CLI, "--engine", bundle, "--tiles", store32, "--viz", tmp_path / "x.png", photos[0])
+    assert r.returncode == 1 and "--viz needs view pixels" in r.stderr

@@ -158,7 +158,7 @@ private:
 
 class PyTileStore {
 public:
-    explicit PyTileStore(const std::string& path) : store_(path) {}
+    explicit PyTileStore(const fs::path& path) : store_(path) {}
     py::array_t<float> read_row(int64_t row) const {
         py::array_t<float> out(store_.dim());
         store_.read_row(row, out.mutable_data());
@@ -213,20 +213,20 @@ PYBIND11_MODULE(_native, m) {
         .def_property_readonly("manifest_json", [](PyLocalizer& l) { return l.impl().manifest().doc.dump(); });
 
     py::class_<PyTileStore>(m, "TileStore")
-        .def(py::init<const std::string&>(), py::arg("path"))
+        .def(py::init<const fs::path&>(), py::arg("path"))
         .def("read_row", &PyTileStore::read_row, py::arg("row"))
         .def_property_readonly("dim", [](const PyTileStore& s) { return s.store_.dim(); })
         .def_property_readonly("dtype", [](const PyTileStore& s) { return s.store_.dtype(); })
         .def_property_readonly("total_views", [](const PyTileStore& s) { return s.store_.total_views(); })
         .def_property_readonly("encoder_id", [](const PyTileStore& s) { return s.store_.encoder_id(); });
 
-    m.def("load_manifest", [](const std::string& path, bool verify) { return load_manifest(path, verify).doc.dump(); },
+    m.def("load_manifest", [](const fs::path& path, bool verify) { return load_manifest(path, verify).doc.dump(); },
           py::arg("bundle"), py::arg("verify") = true, "Validate a bundle; its manifest as JSON text");
     m.def("decode_image", [](const py::bytes& data, int64_t max_pixels) {
         const std::string s = data;
         return mat_to_array(decode_image(reinterpret_cast<const uint8_t*>(s.data()), s.size(), max_pixels));
     }, py::arg("data"), py::arg("max_pixels") = kMaxPixels);
-    m.def("read_image", [](const std::string& path, int64_t max_pixels) { return mat_to_array(read_image(path, max_pixels)); },
+    m.def("read_image", [](const fs::path& path, int64_t max_pixels) { return mat_to_array(read_image(path, max_pixels)); },
           py::arg("path"), py::arg("max_pixels") = kMaxPixels);
     m.def("street_input", [](const py::array& rgb, int image_size) {
         const cv::Mat img = array_to_mat(rgb);
@@ -239,7 +239,7 @@ PYBIND11_MODULE(_native, m) {
         const LatLon c = r.path_center(path.data(), static_cast<int>(path.size()));
         return py::make_tuple(c.lat, c.lon);
     }, py::arg("region_json"), py::arg("path"));
-    m.def("available_backends", [](const std::string& bundle) { return available_backends(load_manifest(bundle, false)); },
+    m.def("available_backends", [](const fs::path& bundle) { return available_backends(load_manifest(bundle, false)); },
           py::arg("bundle"));
     m.def("onnxruntime_version", &ort_version);
     m.attr("tensorrt_compiled") = tensorrt_compiled();

@@ -22,6 +22,7 @@
 
 #include "jzi/backend.h"
 #include "jzi/localizer.h"
+#include "jzi/viz.h"
 
 namespace {
 using jzi::fs::path;
@@ -51,8 +52,8 @@ const char* kHelp =
     "  --threads THREADS     CPU threads for ONNX Runtime (default: all cores)\n"
     "  --json                print one JSON document instead of lines\n"
     "  --geojson OUT         write the answers (and truths) as a GeoJSON FeatureCollection\n"
-    "  --viz OUT.png         draw the zoom path of the first photo (jzi-run only: refused here)\n"
-    "  --source IMAGERY      imagery for --viz\n"
+    "  --viz OUT.png         draw the zoom path of the first photo (from the store's thumbnails)\n"
+    "  --source IMAGERY      imagery for --viz when the store has no thumbnails (jzi-run only)\n"
     "  --max-pixels MAX_PIXELS\n"
     "                        refuse larger photos (100000000)\n"
     "  --no-verify           skip the bundle checksum check at start-up\n";
@@ -376,8 +377,11 @@ int run(const Args& args) {
     options.threads = args.threads;
     options.verify_bundle = !args.no_verify;
     jzi::Localizer loc(args.engine, args.tiles, options);
-    if (!args.viz.empty())
-        throw jzi::ArgumentError("--viz is drawn by jzi-run (Python); jzi-run-native does not draw");
+    if (!args.viz.empty() && !loc.store().has_pixels()) {
+        if (args.source.empty())
+            throw jzi::ArgumentError("--viz needs view pixels: build the store with jzi-tiles build --thumbs PX, or pass --source");
+        throw jzi::ArgumentError("--source: jzi-run-native draws from the store's thumbnails only; render from imagery with jzi-run");
+    }
     for (const auto& line : problems) std::cerr << kProg << ": " << line << "\n";
 
     struct Done {
@@ -387,6 +391,7 @@ int run(const Args& args) {
     };
     std::vector<Done> done;
     std::vector<std::pair<Query, cv::Mat>> pending;
+    cv::Mat first_photo;
     auto flush = [&] {
         std::vector<cv::Mat> images;
         for (auto& p : pending) images.push_back(p.second);
@@ -423,6 +428,7 @@ int run(const Args& args) {
             ++failures;
             continue;
         }
+        if (first_photo.empty()) first_photo = pending.back().second;
         if (static_cast<int>(pending.size()) >= args.batch) flush();
     }
     if (!pending.empty()) flush();
@@ -453,6 +459,14 @@ int run(const Args& args) {
         Json features = Json::array();
         for (const auto& d : done) features.push_back(feature(d.q, d.r, d.err));
         write_json_atomic(args.geojson, {{"type", "FeatureCollection"}, {"features", features}});
+    }
+    if (!args.viz.empty() && !done.empty()) {
+        const auto& d = done[0];
+        std::string caption = d.q.label + ": " + fmt("%.6f", d.r.latitude) + ", " + fmt("%.6f", d.r.longitude);
+        if (d.err) caption += ", error " + fmt("%.1f", *d.err) + " m";
+        const auto views = jzi::view_images(loc.store(), d.r.path);
+        jzi::save_rgb(args.viz, jzi::draw_zoom(first_photo, views, loc.region(), d.r.path, d.r.step_probs, d.q.truth, caption));
+        if (!args.json) std::cout << "zoom path drawn to " << args.viz << std::endl;
     }
     return failures ? 1 : 0;
 }
