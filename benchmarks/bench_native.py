@@ -96,7 +96,7 @@ def medians(records: list[dict]) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("sections", nargs="*", default=["overhead", "start", "memory"], choices=("overhead", "start", "memory"))
+    ap.add_argument("sections", nargs="*", help="overhead, start, memory (all three by default)")
     ap.add_argument("--work", type=Path, default=Path("bench-out"))
     ap.add_argument("--tiny-bundle", help="a small bundle (e.g. make demo's) for a start-up figure the encoder does not dominate")
     ap.add_argument("--tiny-store")
@@ -106,6 +106,9 @@ def main(argv=None) -> int:
     ap.add_argument("--queries", type=int, default=5)
     ap.add_argument("--worker", nargs=2, metavar=("KIND", "BUNDLE_STORE"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    a.sections = a.sections or ["overhead", "start", "memory"]
+    if set(a.sections) - {"overhead", "start", "memory"}:
+        ap.error(f"unknown sections {a.sections}")
     from jzi.export.bench import Workdir
 
     wd = Workdir(a.work, a.threads, log=lambda s: print("   " + s, file=sys.stderr, flush=True))
