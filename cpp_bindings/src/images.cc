@@ -16,8 +16,9 @@ namespace jzi {
 namespace {
 namespace fs = std::filesystem;
 
-// The street stretch: the interpolation jzi.runtime.images.street_input uses (one place to change it).
-constexpr int kStreetInterpolation = cv::INTER_AREA;
+// The street stretch of DESIGN §2 and jzi.runtime.images.STREET_INTERPOLATION: the authors'
+// albumentations Resize interpolation, bit-exact across OpenCV versions by design.
+constexpr int kStreetInterpolation = cv::INTER_LINEAR_EXACT;
 
 struct Truncated {};  // a header field beyond the data: Python's struct.error / IndexError
 

@@ -4,7 +4,7 @@
 // - Grey, RGBA (alpha dropped) and 16-bit images become 8-bit RGB.
 // - Decompression bombs: the pixel count is read from the file header before decoding and checked
 //   against a cap, then checked again after decoding (for formats whose header is not parsed here).
-// - A street photo is stretched to S x 2S with the same OpenCV interpolation as the Python runtime.
+// - A street photo is stretched to S x 2S with INTER_LINEAR_EXACT, as the Python runtime does.
 #pragma once
 
 #include <cstdint>
