@@ -117,7 +117,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tiles", required=True, metavar="REGION.jzt", help="tile store made by jzi-tiles build")
     p.add_argument("--beams", type=int, default=1, help="beam search width; >1 also reports the top-k cells (1)")
     p.add_argument("--batch", type=int, default=1, help="photos per encoder call (1)")
-    p.add_argument("--backend", default="auto", choices=("auto",) + BACKENDS, help="inference backend (auto)")
+    p.add_argument("--backend", default="auto", choices=("auto",) + BACKENDS + ("native",),
+                   help="inference backend (auto); native: the C++ runtime jzi.native (make native)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime (default: all cores)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of lines")
     p.add_argument("--geojson", metavar="OUT", help="write the answers (and truths) as a GeoJSON FeatureCollection")
@@ -155,6 +156,18 @@ def _write_json(path, obj) -> None:
     os.replace(tmp, path)
 
 
+def _localizer(args):
+    """The Python Localizer, or with ``--backend native`` the C++ one (same API, same results)."""
+    if args.backend != "native":
+        return Localizer(args.engine, args.tiles, backend=args.backend, threads=args.threads,
+                         verify_bundle=not args.no_verify)
+    try:
+        from jzi.native import Localizer as NativeLocalizer
+    except ImportError as e:
+        raise BackendUnavailable(f"native backend not available: jzi.native is not built (make native): {e}") from None
+    return NativeLocalizer(args.engine, args.tiles, threads=args.threads, verify_bundle=not args.no_verify)
+
+
 def run(args) -> int:
     if args.beams < 1 or args.batch < 1:
         raise ValueError("--beams and --batch must be at least 1")
@@ -166,8 +179,7 @@ def run(args) -> int:
         raise ValueError("no photos given (the CSV lists none)")
     if args.out or args.shard or args.ray is not None:
         return run_batch(args, queries, problems, PROG)
-    loc = Localizer(args.engine, args.tiles, backend=args.backend, threads=args.threads,
-                    verify_bundle=not args.no_verify)
+    loc = _localizer(args)
     if args.viz and loc.store.pixels is None and not args.source:
         raise ValueError("--viz needs view pixels: build the store with jzi-tiles build --thumbs PX, or pass --source")
     for line in problems:

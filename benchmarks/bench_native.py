@@ -1,0 +1,160 @@
+"""The C++ runtime against the Python one (issue 10), side by side in one run on the same bundle.
+
+    python benchmarks/bench_native.py --work bench-out [--tiny-bundle B --tiny-store S] [--rounds 3]
+
+Sections (each contender in its own process, the two alternating round by round so that load from
+other work hits both alike; medians over rounds):
+
+- overhead: the zoom loop's own work per query, everything but the encoder and decoder graph calls
+  (``zoom_ms - decoder_ms`` from each runtime's own timings), over 300 zoom loops from a random
+  street embedding, and in full queries of 480x960 JPEGs (``total - encoder - decoder - read - preprocess``);
+- start: process start to the first answer line of ``jzi-run`` and ``jzi-run-native`` on one photo;
+- memory: peak resident memory of each program, from a small launcher so that the figure is the
+  program's own (ru_maxrss after wait4).
+
+The official preset comes from ``jzi.export.bench.Workdir`` (random weights: speed and memory do not
+depend on them; the store holds random embeddings). ``jzi.native`` must be built (make native).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+# Runs a program, reports when its first stdout line came and its own peak RSS (wait4's ru_maxrss).
+LAUNCHER = r"""
+import json, os, subprocess, sys, time
+t0 = time.perf_counter()
+p = subprocess.Popen(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+first = p.stdout.readline()
+t_first = time.perf_counter() - t0
+p.stdout.read()
+_, status, ru = os.wait4(p.pid, 0)
+p.returncode = os.waitstatus_to_exitcode(status)
+print(json.dumps({"first_answer_s": t_first, "wall_s": time.perf_counter() - t0, "peak_rss_mb": ru.ru_maxrss / 1024,
+                  "rc": p.returncode, "first_line": first.decode(errors="replace").strip()}))
+"""
+
+
+def launch(cmd: list[str]) -> dict:
+    out = subprocess.run([sys.executable, "-S", "-c", LAUNCHER, *cmd], capture_output=True, text=True, check=True)
+    rec = json.loads(out.stdout)
+    if rec["rc"] != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed with {rec['rc']}")
+    return rec
+
+
+def worker(kind: str, bundle: str, store: str, photos: list[str], loops: int, threads: int) -> dict:
+    """One contender in this process: per-query overhead in the loop alone and in full queries."""
+    if kind == "python":
+        from jzi.runtime.localizer import Localizer
+    else:
+        from jzi.native import Localizer
+    loc = Localizer(bundle, store, backend="ort-cpu", threads=threads)
+    for p in photos[:2]:  # warm-up
+        loc.localize(p)
+    full = [loc.localize(p).timings for p in photos]
+    query = np.random.default_rng(1).standard_normal((1, _width(bundle)), dtype=np.float32)
+    for _ in range(10):
+        loc.zoom(query)
+    zoom = [loc.zoom(query)[0].timings for _ in range(loops)]
+    med = statistics.median
+    return {
+        "loop_alone_us": med([(t["zoom_ms"] - t["decoder_ms"]) * 1e3 for t in zoom]),
+        "loop_alone_decoder_ms": med([t["decoder_ms"] for t in zoom]),
+        "full_query_us": med([(t["total_ms"] - t["encoder_ms"] - t["decoder_ms"] - t["read_ms"] - t["preprocess_ms"]) * 1e3
+                              for t in full]),
+        "full_query_zoom_us": med([(t["zoom_ms"] - t["decoder_ms"]) * 1e3 for t in full]),
+        "encoder_ms": med([t["encoder_ms"] for t in full]),
+        "read_ms": med([t["read_ms"] for t in full]),
+        "preprocess_ms": med([t["preprocess_ms"] for t in full]),
+    }
+
+
+def _width(bundle: str) -> int:
+    return int(json.loads((Path(bundle) / "manifest.json").read_text())["width"])
+
+
+def alternate(rounds: int, contenders: dict) -> dict:
+    """{name: [record per round]}, the contenders run one after the other in every round."""
+    out = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, run in contenders.items():
+            out[name].append(run())
+    return out
+
+
+def medians(records: list[dict]) -> dict:
+    return {k: round(statistics.median(r[k] for r in records), 4) for k in records[0] if isinstance(records[0][k], (int, float))}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("sections", nargs="*", help="overhead, start, memory (all three by default)")
+    ap.add_argument("--work", type=Path, default=Path("bench-out"))
+    ap.add_argument("--tiny-bundle", help="a small bundle (e.g. make demo's) for a start-up figure the encoder does not dominate")
+    ap.add_argument("--tiny-store")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--loops", type=int, default=300)
+    ap.add_argument("--queries", type=int, default=5)
+    ap.add_argument("--worker", nargs=2, metavar=("KIND", "BUNDLE_STORE"), help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    a.sections = a.sections or ["overhead", "start", "memory"]
+    if set(a.sections) - {"overhead", "start", "memory"}:
+        ap.error(f"unknown sections {a.sections}")
+    from jzi.export.bench import Workdir
+
+    wd = Workdir(a.work, a.threads, log=lambda s: print("   " + s, file=sys.stderr, flush=True))
+    photos = [str(p) for p in wd.photos(max(a.queries, 2))]
+    if a.worker:
+        bundle, store = a.worker[1].split("::")
+        print(json.dumps(worker(a.worker[0], bundle, store, photos, a.loops, a.threads)))
+        return 0
+    import jzi.native
+
+    bundle = wd.bundle(wd.checkpoint("official", 4), "fp32")
+    store = wd.random_store(bundle)
+    native_cli = str(jzi.native.cli_path())
+    python_cli = str(Path(sys.executable).with_name("jzi-run"))
+    load = os.getloadavg()
+    report = {"machine": f"{os.cpu_count()} CPUs", "load_before": [round(x, 2) for x in load], "threads": a.threads,
+              "bundle": "official preset, fp32, random weights", "store": "random fp16 embeddings, 4 369 views"}
+
+    if "overhead" in a.sections:
+        def run(kind):
+            def go():
+                out = subprocess.run([sys.executable, __file__, "--work", str(a.work), "--threads", str(a.threads),
+                                      "--loops", str(a.loops), "--queries", str(a.queries),
+                                      "--worker", kind, f"{bundle}::{store}"], capture_output=True, text=True, check=True)
+                return json.loads(out.stdout.strip().splitlines()[-1])
+            return go
+        rec = alternate(a.rounds, {"python": run("python"), "native": run("native")})
+        report["overhead"] = {k: medians(v) for k, v in rec.items()}
+
+    def cli_runs(b, s, extra=()):
+        args = ["--engine", str(b), "--tiles", str(s), "--threads", str(a.threads), *extra, photos[0]]
+        return alternate(a.rounds, {"jzi-run": lambda: launch([python_cli, *args]),
+                                    "jzi-run-native": lambda: launch([native_cli, *args])})
+
+    if "start" in a.sections or "memory" in a.sections:
+        rec = cli_runs(bundle, store)
+        report["official_cli"] = {k: medians(v) for k, v in rec.items()}
+        firsts = {k: {r["first_line"].split("  confidence")[0] for r in v} for k, v in rec.items()}
+        report["official_cli"]["same_answer"] = firsts["jzi-run"] == firsts["jzi-run-native"]
+    if "start" in a.sections and a.tiny_bundle:
+        rec = cli_runs(a.tiny_bundle, a.tiny_store)
+        report["tiny_cli"] = {k: medians(v) for k, v in rec.items()}
+    report["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+// The model bundle: the contract between jzi-export (writer) and every runtime (reader).
+//
+// A bundle is a directory (see runtime/bundle.py for the full contract):
+//
+//     manifest.json            everything a runtime needs
+//     view_encoder.onnx        uint8 RGB [B, S, S, 3] -> float32 [B, D]
+//     street_encoder.onnx      uint8 RGB [B, S, 2S, 3] -> float32 [B, D]
+//     decoder.onnx             one zoom step with a fixed-size KV cache
+//     *.engine                 optional TensorRT engines built on the target device
+//
+// The manifest is untrusted input: load_manifest validates it and the files' sha256 (OpenSSL).
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "jzi/error.h"
+#include "jzi/geometry.h"
+
+namespace jzi {
+
+namespace fs = std::filesystem;
+
+struct TensorSpec {
+    std::string name;
+    std::vector<int64_t> shape;  // -1 for a named (dynamic) axis
+    std::string dtype;
+};
+
+struct GraphSpec {
+    std::vector<TensorSpec> inputs, outputs;
+};
+
+struct FileEntry {
+    fs::path path;  // absolute: inside the bundle
+    std::string sha256;
+};
+
+struct Manifest {
+    fs::path root;
+    nlohmann::json doc;  // the whole manifest, for callers that want more
+    Region region;
+    int grid = 0, steps = 0, n_actions = 0, width = 0, image_size = 0;
+    int layers = 0, heads = 0, head_dim = 0, cache_len = 0;
+    std::string precision, encoder_id;
+    std::map<std::string, FileEntry> files;
+    std::map<std::string, GraphSpec> tensors;
+
+    bool has_file(const std::string& role) const { return files.count(role) > 0; }
+    const fs::path& file(const std::string& role) const { return files.at(role).path; }
+};
+
+extern const char* const kGraphs[3];  // view_encoder, street_encoder, decoder
+
+// Read and validate manifest.json; with `verify` also check every file's sha256. Throws Error(Bundle).
+Manifest load_manifest(const fs::path& bundle_dir, bool verify = true);
+
+// Hex sha256 of a file or of bytes (OpenSSL's EVP interface).
+std::string sha256_file(const fs::path& path);
+std::string sha256_bytes(const void* data, size_t size);
+
+std::vector<std::string> past_names(int layers);
+std::vector<std::string> present_names(int layers);
+
+// An untrusted jzi JSON document (manifest, tile-store index): valid JSON, its format and version,
+// the `required` keys present; any problem is one line in an Error of `kind`.
+nlohmann::json read_json_document(const fs::path& path, const std::string& format, int version, const std::string& what,
+                                  ErrorKind kind, const std::vector<std::string>& required);
+
+// How Python prints a JSON value in messages ('text' for strings, [1, 2] for lists, None for null).
+std::string py_repr(const nlohmann::json& value);
+
+// The region of a manifest or tile-store index; throws std::invalid_argument with the reason.
+Region region_from_json(const nlohmann::json& doc);
+
+}  // namespace jzi

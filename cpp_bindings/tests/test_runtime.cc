@@ -1,0 +1,320 @@
+// Unit tests of the C++ runtime's pieces: geometry (against numbers from runtime/geometry.py), float16,
+// tile stores and bundles (valid, then each malformed field refused with its one line), images.
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+
+#include "jzi/bundle.h"
+#include "jzi/geometry.h"
+#include "jzi/images.h"
+#include "jzi/tiles.h"
+
+using namespace jzi;
+using json = nlohmann::json;
+
+static int failures = 0, checks = 0;
+#define CHECK(cond)                                                                       \
+    do {                                                                                  \
+        ++checks;                                                                         \
+        if (!(cond)) {                                                                    \
+            std::cerr << __FILE__ << ":" << __LINE__ << ": CHECK failed: " #cond "\n"; \
+            ++failures;                                                                   \
+        }                                                                                 \
+    } while (0)
+
+// `body` must throw an Error of `kind` whose one-line message contains `part`.
+static void refuses(const std::function<void()>& body, ErrorKind kind, const std::string& part, int line) {
+    ++checks;
+    try {
+        body();
+    } catch (const Error& e) {
+        const std::string m = e.what();
+        if (e.kind() == kind && m.find(part) != std::string::npos && m.find('\n') == std::string::npos) return;
+        std::cerr << __FILE__ << ":" << line << ": wrong refusal: " << m << " (wanted '" << part << "')\n";
+        ++failures;
+        return;
+    }
+    std::cerr << __FILE__ << ":" << line << ": accepted, wanted a refusal with '" << part << "'\n";
+    ++failures;
+}
+#define REFUSES(body, kind, part) refuses([&] { body; }, kind, part, __LINE__)
+
+static fs::path temp_dir(const std::string& name) {
+    const fs::path p = fs::temp_directory_path() / ("jzi-test-" + std::to_string(::getpid())) / name;
+    fs::remove_all(p);
+    fs::create_directories(p);
+    return p;
+}
+
+static void write(const fs::path& p, const std::string& text) { std::ofstream(p, std::ios::binary) << text; }
+
+// ---- geometry: values printed by runtime/geometry.py ---------------------------------------------
+static void test_geometry() {
+    Region r;
+    const LatLon c = move_en({38.8936, -77.0116}, 2000.0, 0.0);  // Region.default(): bounds' centre
+    r.center_lat = c.lat;
+    r.center_lon = c.lon;
+    CHECK(std::fabs(r.center_lat - 38.893597727601716) < 1e-12 && std::fabs(r.center_lon - -76.98851635800084) < 1e-12);
+    const int64_t path[4] = {5, 10, 15, 0};
+    const LatLon p = r.path_center(path, 4);
+    CHECK(std::fabs(p.lat - 38.90043938723186) < 1e-12 && std::fabs(p.lon - -76.99730714824659) < 1e-12);
+    CHECK(std::fabs(move({10.0, 179.9999}, 90.0, 100.0).lon - -179.99918782675462) < 1e-12);  // wraps past 180
+    CHECK(std::fabs(distance_m({38.9, -77.0}, move({38.9, -77.0}, 37.0, 1234.5)) - 1234.5) < 1e-6);
+    CHECK(r.total_views() == 4369 && r.level_offset(2) == 17 && r.n_views(3) == 4096);
+    CHECK(r.path_index(path, 4) == ((5 * 16 + 10) * 16 + 15) * 16 + 0);
+    CHECK(r.cell_size_m() == 39.0625);
+}
+
+static void test_half() {
+    CHECK(half_to_float(0x3c00) == 1.0f && half_to_float(0xc000) == -2.0f && half_to_float(0x7bff) == 65504.0f);
+    CHECK(half_to_float(0x0001) == std::ldexp(1.0f, -24) && std::isinf(half_to_float(0x7c00)) && std::isnan(half_to_float(0x7e00)));
+    CHECK(half_to_float(0x8000) == 0.0f && std::signbit(half_to_float(0x8000)));
+}
+
+// ---- tile stores ---------------------------------------------------------------------------------
+struct StoreSpec {
+    Region region;
+    int dim = 4;
+};
+
+static json levels(const Region& r) {
+    json out = json::array();
+    for (int l = 0; l < r.steps; ++l)
+        out.push_back({{"level", l}, {"offset", r.level_offset(l)}, {"count", r.n_views(l)}, {"size_m", r.level_size_m(l)},
+                       {"meters_per_pixel", r.meters_per_pixel(l)}});
+    return out;
+}
+
+// A valid float32 store whose row i holds i + j/10, with `edit` applied to its index.
+static fs::path make_store(const std::string& name, const std::function<void(json&, const fs::path&)>& edit = nullptr,
+                           int block_rows = 0) {
+    Region r;
+    r.center_lat = 38.9;
+    r.center_lon = -77.0;
+    r.steps = 2;
+    r.view_px = 16;
+    const int dim = 4;
+    const fs::path dir = temp_dir(name);
+    std::vector<float> data(size_t(r.total_views()) * dim);
+    for (int64_t i = 0; i < r.total_views(); ++i)
+        for (int j = 0; j < dim; ++j) data[size_t(i) * dim + j] = float(i) + j / 10.0f;
+    std::ofstream(dir / "embeddings.f32", std::ios::binary).write(reinterpret_cast<const char*>(data.data()), data.size() * 4);
+    json emb = {{"path", "embeddings.f32"}, {"dtype", "float32"}, {"byte_order", "little"}, {"shape", {r.total_views(), dim}},
+                {"bytes", data.size() * 4}, {"sha256", sha256_file(dir / "embeddings.f32")}};
+    if (block_rows) {
+        emb["block_rows"] = block_rows;
+        json blocks = json::array();
+        for (int64_t s = 0; s < r.total_views(); s += block_rows) {
+            const int64_t rows = std::min<int64_t>(block_rows, r.total_views() - s);
+            blocks.push_back(sha256_bytes(data.data() + s * dim, size_t(rows) * dim * 4));
+        }
+        emb["block_sha256"] = blocks;
+    }
+    json index = {{"format", "jzi-tiles"}, {"format_version", 1}, {"created", "today"},
+                  {"region", {{"center_lat", r.center_lat}, {"center_lon", r.center_lon}, {"size_m", r.size_m}, {"grid", 4},
+                              {"steps", 2}, {"view_px", 16}}},
+                  {"grid", 4}, {"steps", 2}, {"view_px", 16}, {"dim", dim}, {"levels", levels(r)},
+                  {"files", {{"embeddings", emb}}}, {"encoder_id", "enc"}};
+    if (edit) edit(index, dir);
+    write(dir / "tiles.json", index.dump());
+    return dir;
+}
+
+static void test_tiles() {
+    TileStore s(make_store("ok"));
+    CHECK(s.total_views() == 17 && s.dim() == 4 && s.dtype() == "float32" && s.encoder_id() == "enc" && !s.has_pixels());
+    float row[4];
+    s.read_row(s.row(1, 5), row);
+    CHECK(row[0] == 6.0f && row[3] == 6.0f + 0.3f);
+    REFUSES(s.read_row(17, row), ErrorKind::TileStore, "outside the store");
+
+    using Edit = std::function<void(json&, const fs::path&)>;
+    const std::vector<std::pair<Edit, std::string>> cases = {
+        {[](json& m, const fs::path&) { m["files"]["embeddings"]["path"] = "../../etc/passwd"; }, "plain file name"},
+        {[](json& m, const fs::path&) { m["files"]["embeddings"]["shape"] = {17, 3}; }, "shape"},
+        {[](json& m, const fs::path&) { m["files"]["embeddings"]["dtype"] = "float64"; }, "dtype"},
+        {[](json& m, const fs::path&) { m["steps"] = 5; }, "region does not agree"},
+        {[](json& m, const fs::path&) { m["dim"] = -3; }, "'dim'"},
+        {[](json& m, const fs::path&) { m["dim"] = true; }, "'dim'"},
+        {[](json& m, const fs::path&) { m["levels"][1]["offset"] = 3; }, "levels"},
+        {[](json& m, const fs::path&) { m["format_version"] = 99; }, "format_version"},
+        {[](json& m, const fs::path&) { m.erase("encoder_id"); }, "encoder_id"},
+        {[](json& m, const fs::path&) { m["files"]["extra"] = {{"path", "x"}}; }, "unknown file role"},
+        {[](json& m, const fs::path&) { m["region"]["center_lat"] = "north"; }, "bad region"},
+        {[](json& m, const fs::path&) { m["files"]["embeddings"]["byte_order"] = "big"; }, "little-endian"},
+        {[](json& m, const fs::path&) { m["files"]["pixels"] = {{"shape", {17, 99, 99, 3}}}; }, "bad pixel pyramid size"},
+        {[](json&, const fs::path& d) { write(d / "embeddings.f32", std::string(100, '\0')); }, "truncated"},
+        {[](json& m, const fs::path&) { m["files"]["embeddings"]["block_rows"] = 0; }, "block_rows"},
+        {[](json& m, const fs::path&) { m["files"]["embeddings"]["block_rows"] = 4; }, "block_sha256 must list 5"},
+        {[](json& m, const fs::path&) { m["format"] = "zip"; }, "not a jzi tile store index"},
+    };
+    int n = 0;
+    for (const auto& [edit, why] : cases) REFUSES(TileStore(make_store("bad" + std::to_string(n++), edit)), ErrorKind::TileStore, why);
+    const fs::path nojson = temp_dir("nojson");
+    write(nojson / "tiles.json", "{nope");
+    REFUSES(TileStore{nojson}, ErrorKind::TileStore, "not valid JSON");
+    REFUSES(TileStore{temp_dir("empty.jzt.partial")}, ErrorKind::TileStore, "an unfinished build");
+    REFUSES(TileStore{"/nonexistent/store.jzt"}, ErrorKind::TileStore, "not a tile store directory");
+
+    // per-block checksums: a good store reads; an edited byte is refused in its block only
+    const fs::path blocked = make_store("blocked", nullptr, 4);
+    {
+        TileStore b(blocked);
+        for (int64_t r = 0; r < 17; ++r) b.read_row(r, row);
+        CHECK(row[0] == 16.0f);
+    }
+    {
+        std::fstream f(blocked / "embeddings.f32", std::ios::in | std::ios::out | std::ios::binary);
+        f.seekp(9 * 4 * 4 + 2);  // row 9: block 2 (rows 8..11)
+        f.put('\x7f');
+    }
+    TileStore b(blocked);
+    b.read_row(3, row);
+    REFUSES(b.read_row(10, row), ErrorKind::TileStore, "rows 8..11 do not match their sha256");
+    b.read_row(16, row);
+
+    // a NaN row is refused where it is read
+    const fs::path nan = make_store("nan");
+    {
+        std::fstream f(nan / "embeddings.f32", std::ios::in | std::ios::out | std::ios::binary);
+        const float v = std::nanf("");
+        f.seekp(7 * 4 * 4 + 4);
+        f.write(reinterpret_cast<const char*>(&v), 4);
+    }
+    TileStore t(nan);
+    REFUSES(t.read_row(7, row), ErrorKind::TileStore, "embedding row 7 holds NaN or Inf");
+}
+
+// ---- bundles ------------------------------------------------------------------------------------
+static fs::path make_bundle(const std::string& name, const std::function<void(json&, const fs::path&)>& edit = nullptr) {
+    const fs::path dir = temp_dir(name);
+    json files = json::object();
+    for (const char* g : kGraphs) {
+        write(dir / (std::string(g) + ".onnx"), std::string("graph ") + g);
+        files[g] = {{"path", std::string(g) + ".onnx"}, {"sha256", sha256_file(dir / (std::string(g) + ".onnx"))}};
+    }
+    auto io = [](const char* in, json shape_in, const char* out) {
+        return json{{"inputs", {{{"name", in}, {"shape", shape_in}, {"dtype", "uint8"}}}},
+                    {"outputs", {{{"name", out}, {"shape", {"batch", 8}}, {"dtype", "float32"}}}}};
+    };
+    json m = {{"format", "jzi-bundle"}, {"format_version", 1},
+              {"region", {{"center_lat", 38.9}, {"center_lon", -77.0}, {"size_m", 10000.0}, {"grid", 4}, {"steps", 4}, {"view_px", 32}}},
+              {"steps", 4}, {"grid", 4}, {"n_actions", 16}, {"width", 8}, {"image_size", 32}, {"street_size", {32, 64}},
+              {"decoder", {{"layers", 1}, {"heads", 2}, {"head_dim", 4}, {"cache_len", 8}}}, {"files", files},
+              {"tensors", {{"view_encoder", io("images", {"batch", 32, 32, 3}, "embedding")},
+                           {"street_encoder", io("images", {"batch", 32, 64, 3}, "embedding")},
+                           {"decoder", {{"inputs", json::array()}, {"outputs", json::array()}}}}},
+              {"encoder_id", "enc"}, {"precision", "fp32"}};
+    if (edit) edit(m, dir);
+    write(dir / "manifest.json", m.dump());
+    return dir;
+}
+
+static void test_bundle() {
+    const Manifest m = load_manifest(make_bundle("bundle-ok"));
+    CHECK(m.width == 8 && m.steps == 4 && m.layers == 1 && m.cache_len == 8 && m.encoder_id == "enc");
+    CHECK(m.tensors.at("street_encoder").inputs[0].shape[0] == -1 && m.tensors.at("street_encoder").inputs[0].shape[2] == 64);
+    CHECK(past_names(2)[3] == "past_key_values.1.value" && present_names(1)[0] == "present.0.key");
+    CHECK(sha256_bytes("abc", 3) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    using Edit = std::function<void(json&, const fs::path&)>;
+    const std::vector<std::pair<Edit, std::string>> cases = {
+        {[](json&, const fs::path& d) { write(d / "decoder.onnx", "edited"); }, "does not match its sha256"},
+        {[](json& m, const fs::path&) { m["files"]["decoder"]["path"] = "../outside.onnx"; }, "points outside the bundle"},
+        {[](json& m, const fs::path&) { m["files"]["decoder"]["path"] = "/etc/hostname"; }, "points outside the bundle"},
+        {[](json& m, const fs::path&) { m["files"].erase("decoder"); }, "no 'decoder' graph listed"},
+        {[](json&, const fs::path& d) { fs::remove(d / "view_encoder.onnx"); }, "view_encoder.onnx is missing"},
+        {[](json& m, const fs::path&) { m["format_version"] = 2; }, "format_version 2, this jzi reads 1"},
+        {[](json& m, const fs::path&) { m.erase("tensors"); }, "missing 'tensors'"},
+        {[](json& m, const fs::path&) { m["width"] = "wide"; }, "'width' must be an integer"},
+        {[](json& m, const fs::path&) { m["n_actions"] = 15; }, "grid * grid"},
+        {[](json& m, const fs::path&) { m["decoder"]["cache_len"] = 4; }, "cache_len"},
+    };
+    int n = 0;
+    for (const auto& [edit, why] : cases) REFUSES(load_manifest(make_bundle("bundle-bad" + std::to_string(n++), edit)), ErrorKind::Bundle, why);
+    REFUSES(load_manifest(temp_dir("nomanifest")), ErrorKind::Bundle, "no manifest.json; is this a jzi bundle");
+    REFUSES(load_manifest("/nonexistent-bundle"), ErrorKind::Bundle, "not a bundle directory");
+    load_manifest(make_bundle("bundle-noverify", [](json&, const fs::path& d) { write(d / "decoder.onnx", "edited"); }), false);
+}
+
+// ---- images -------------------------------------------------------------------------------------
+static std::vector<uint8_t> encode(const std::string& ext, const cv::Mat& bgr, std::vector<int> params = {}) {
+    std::vector<uint8_t> out;
+    CHECK(cv::imencode(ext, bgr, out, params));
+    return out;
+}
+
+static cv::Mat two_colour_bgr(int h, int w) {  // left half red, right half blue (as RGB)
+    cv::Mat img(h, w, CV_8UC3, cv::Scalar(0, 0, 255));
+    img(cv::Rect(w / 2, 0, w - w / 2, h)).setTo(cv::Scalar(255, 0, 0));
+    return img;
+}
+
+static void test_images() {
+    for (const char* ext : {".jpg", ".png", ".bmp", ".tiff", ".webp"}) {
+        const auto data = encode(ext, two_colour_bgr(24, 40));
+        const auto size = header_size(data.data(), data.size());
+        CHECK(size && size->first == 40 && size->second == 24);
+        const cv::Mat rgb = decode_image(data.data(), data.size());
+        CHECK(rgb.rows == 24 && rgb.cols == 40 && rgb.type() == CV_8UC3);
+        CHECK(rgb.at<cv::Vec3b>(12, 5)[0] > 200 && rgb.at<cv::Vec3b>(12, 5)[2] < 60);  // red left, in RGB order
+        CHECK(rgb.at<cv::Vec3b>(12, 35)[2] > 200 && rgb.at<cv::Vec3b>(12, 35)[0] < 60);
+    }
+    // EXIF orientation 6 (turn clockwise to display): an APP1 segment with only that tag after SOI
+    auto jpeg = encode(".jpg", two_colour_bgr(20, 40), {cv::IMWRITE_JPEG_QUALITY, 100});
+    const uint8_t tiff[] = {'I', 'I', '*', 0, 8, 0, 0, 0, 1, 0, 0x12, 0x01, 3, 0, 1, 0, 0, 0, 6, 0, 0, 0, 0, 0, 0, 0};
+    std::vector<uint8_t> app1 = {0xFF, 0xE1, 0, uint8_t(2 + 6 + sizeof(tiff)), 'E', 'x', 'i', 'f', 0, 0};
+    app1.insert(app1.end(), tiff, tiff + sizeof(tiff));
+    jpeg.insert(jpeg.begin() + 2, app1.begin(), app1.end());
+    const cv::Mat turned = decode_image(jpeg.data(), jpeg.size());
+    CHECK(turned.rows == 40 && turned.cols == 20 && turned.at<cv::Vec3b>(5, 10)[0] > 200 && turned.at<cv::Vec3b>(35, 10)[2] > 200);
+
+    cv::Mat grey(10, 10, CV_8U);
+    for (int i = 0; i < 100; ++i) grey.data[i] = uint8_t(2 * i);
+    const auto g = encode(".png", grey);
+    const cv::Mat gr = decode_image(g.data(), g.size());
+    CHECK(gr.channels() == 3 && gr.at<cv::Vec3b>(9, 9)[0] == 198 && gr.at<cv::Vec3b>(9, 9)[2] == 198);
+    cv::Mat deep(4, 4, CV_16UC3, cv::Scalar(65535, 32896, 128));  // BGR 16-bit
+    const auto d = encode(".png", deep);
+    const cv::Mat dr = decode_image(d.data(), d.size());
+    CHECK(dr.at<cv::Vec3b>(0, 0) == cv::Vec3b(0, 128, 255));  // (x + 128) // 257, in RGB order
+    cv::Mat rgba(3, 3, CV_8UC4, cv::Scalar(1, 2, 3, 4));
+    CHECK(to_rgb8(rgba).at<cv::Vec3b>(1, 1) == cv::Vec3b(1, 2, 3));
+
+    const auto big = encode(".png", cv::Mat(60, 60, CV_8UC3, cv::Scalar::all(9)));
+    REFUSES(decode_image(big.data(), big.size(), 3599), ErrorKind::Image, "60x60 pixels is over the cap of 3599 (decompression bomb?)");
+    CHECK(decode_image(big.data(), big.size(), 3600).rows == 60);
+    REFUSES(decode_image(nullptr, 0), ErrorKind::Image, "empty file");
+    const std::string junk = "this is not an image at all";
+    REFUSES(decode_image(reinterpret_cast<const uint8_t*>(junk.data()), junk.size()), ErrorKind::Image, "not a readable image");
+    REFUSES(decode_image(jpeg.data(), 10), ErrorKind::Image, "JPEG");
+    const uint8_t png_head[] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n', 0, 0};
+    REFUSES(decode_image(png_head, sizeof(png_head)), ErrorKind::Image, "truncated or corrupt image header");
+    REFUSES(read_image("/nonexistent/photo.jpg"), ErrorKind::Image, "/nonexistent/photo.jpg: cannot read");
+    REFUSES(read_image(fs::temp_directory_path()), ErrorKind::Image, "is a directory");
+
+    std::vector<uint8_t> street(16 * 32 * 3);
+    street_input(cv::Mat(7, 9, CV_8UC3, cv::Scalar(5, 6, 7)), 16, street.data());
+    CHECK(street[0] == 5 && street[street.size() - 1] == 7);
+}
+
+int main() {
+    test_geometry();
+    test_half();
+    test_tiles();
+    test_bundle();
+    test_images();
+    fs::remove_all(fs::temp_directory_path() / ("jzi-test-" + std::to_string(::getpid())));
+    std::cout << checks - failures << "/" << checks << " checks passed\n";
+    return failures ? 1 : 0;
+}
