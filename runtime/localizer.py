@@ -9,7 +9,8 @@ Per query: decode and stretch the photo to S x 2S (preprocess), one street-encod
 batch of queries (the graph encodes both halves and averages them), then for each of the
 ``steps`` levels:
 
-    1. read the embedding row of the current view from the tile store's memmap (no imagery),
+    1. read the embedding row of the current view from the tile store's memmap (no imagery;
+       each block of rows is verified against its checksum the first time it is read),
     2. run one decoder step against the KV cache (its buffers were allocated once),
     3. log-softmax over the 16 cells, then argmax (greedy) or top-k over beams x cells (beam search),
     4. hand this step's cache to the next step: a pointer swap (greedy) or a gather by beam parent.
@@ -194,7 +195,6 @@ class Localizer:
         dec.reset()
         dec.query[...] = np.repeat(query, k, axis=0) if k > 1 else query
         dec.prev_action[...] = 0
-        emb = self.store.embeddings
         index = np.zeros(n, np.int64)  # each row's view index within the current level
         paths = np.zeros((n, S), np.int64)
         logps = np.zeros((n, S), np.float64)
@@ -203,9 +203,9 @@ class Localizer:
         tile_ns, step_ms = 0, []
         for step in range(S):
             t0 = time.perf_counter_ns()
-            base = self._offsets[step]
-            for r in range(n):
-                dec.view[r] = emb[base + index[r]]  # one memmap row -> the bound input buffer, fp16 -> fp32
+            # the memmap rows of this level's views -> the bound input buffer, fp16 -> fp32; each block of
+            # rows is checksummed and checked finite the first time it is read
+            dec.view[...] = self.store.read_rows(self._offsets[step] + index)
             dec.step[...] = step
             t1 = time.perf_counter_ns()
             logits = dec.run().astype(np.float64)
