@@ -170,6 +170,8 @@ class Localizer:
         t0 = time.perf_counter_ns()
         query = self.backend.encode_street(batch)
         t1 = time.perf_counter_ns()
+        if not np.isfinite(query).all():
+            raise LocalizerError("the street encoder returned NaN or Inf for a photo (a damaged bundle?)")
         results = self._zoom(query, beams)
         shared = {"encoder_ms": _ms(t0, t1), "batch": len(batch), "total_ms": _ms(t0, time.perf_counter_ns())}
         for r in results:
@@ -209,6 +211,8 @@ class Localizer:
             dec.step[...] = step
             t1 = time.perf_counter_ns()
             logits = dec.run().astype(np.float64)
+            if not np.isfinite(logits).all():
+                raise LocalizerError(f"the decoder returned NaN or Inf logits at step {step} (a damaged bundle?)")
             t2 = time.perf_counter_ns()
             logp = logits - logits.max(axis=1, keepdims=True)
             logp -= np.log(np.exp(logp).sum(axis=1, keepdims=True))
