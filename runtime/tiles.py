@@ -49,6 +49,7 @@ import os
 import shutil
 import threading
 import time
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -405,6 +406,20 @@ def write_store(out, region: Region, dim: int, encoder_id: str, produce: Produce
     return out
 
 
+@contextmanager
+def _nothing_left_unless_kept(out: Path):
+    """A build that fails before it kept any row (an encoder or imagery error, Ctrl-C) removes the
+    ``OUT.partial/`` it created; once a batch is kept, the partial build stays to be resumed."""
+    partial = out.with_name(out.name + ".partial")
+    fresh = not partial.exists()
+    try:
+        yield
+    except BaseException:
+        if fresh and not (partial / PROGRESS).exists() and not (partial / INDEX).exists():
+            shutil.rmtree(partial, ignore_errors=True)
+        raise
+
+
 def _resume_point(partial: Path, fingerprint: dict, force: bool) -> int:
     """Rows already done in a partial build with the same settings (0 for a fresh build)."""
     if not partial.exists() or not (partial / PROGRESS).exists():
@@ -468,6 +483,11 @@ def build_store(out, bundle_dir, source, *, backend: str = "auto", threads: int 
         raise TileStoreError(f"the region's grid/steps {region.grid}/{region.steps} differ from the bundle's "
                              f"{manifest['grid']}/{manifest['steps']}")
     src = open_source(source)
+    if not src.covers(region.center, region.size_m):  # every view lies inside the level-0 view: refuse up front
+        c = region.center
+        raise TileStoreError(f"{source} does not cover the region, a {region.size_m / 1000:g} km square at "
+                             f"({c[0]:.6f}, {c[1]:.6f}): move or shrink it with --center/--size-m, or use imagery "
+                             "that covers it")
     engine = open_backend(bundle_dir, manifest, backend=backend, threads=threads, graphs=("view_encoder",))
     px = region.view_px
 
@@ -477,5 +497,6 @@ def build_store(out, bundle_dir, source, *, backend: str = "auto", threads: int 
         return engine.encode_views(views), views
 
     meta = {"encoder_precision": manifest["precision"], "source": str(source)}
-    return write_store(out, region, int(manifest["width"]), manifest["encoder_id"], produce, dtype=dtype,
-                       thumb_px=thumb_px, batch=batch, meta=meta, force=force, progress=progress)
+    with _nothing_left_unless_kept(Path(out)):
+        return write_store(out, region, int(manifest["width"]), manifest["encoder_id"], produce, dtype=dtype,
+                           thumb_px=thumb_px, batch=batch, meta=meta, force=force, progress=progress)

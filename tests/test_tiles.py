@@ -351,3 +351,21 @@ def test_old_stores_are_refused_with_an_upgrade_path(tmp_path):
     assert r.returncode == 0 and "upgraded" in r.stdout, r.stderr
     assert verify_store(store)["ok"] and json.loads((store / "tiles.json").read_text())["format_version"] == 2
     assert "already" in _cli("upgrade", store).stdout
+
+
+def test_build_on_imagery_that_misses_the_region_leaves_nothing(tmp_path, bundle, geotiff, monkeypatch):  # noqa: F811
+    out = tmp_path / "far.jzt"
+    r = _cli("build", "--engine", bundle, "--source", geotiff, "-o", out, "--center", "10.0,10.0")
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "does not cover the region" in r.stderr and "--center/--size-m" in r.stderr
+    assert "allow_padding" not in r.stderr
+    assert not out.exists() and not (tmp_path / "far.jzt.partial").exists()
+    # any failure before the first batch is kept leaves nothing either (here: the encoder fails)
+    from jzi.runtime.backends.onnxrt import OnnxRuntimeBackend
+
+    def broken(self, images):
+        raise RuntimeError("encoder failed")
+    monkeypatch.setattr(OnnxRuntimeBackend, "encode_views", broken)
+    with pytest.raises(RuntimeError, match="encoder failed"):
+        T.build_store(out, bundle, geotiff, backend="ort-cpu", progress=False)
+    assert not (tmp_path / "far.jzt.partial").exists()
