@@ -89,6 +89,8 @@ def read_torch_file(path) -> object:
     """torch.load with ``weights_only=True``, mapping every failure to one clear line (torch's own
     warnings and its advice to set ``weights_only=False`` are never shown)."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     try:

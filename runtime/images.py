@@ -32,6 +32,10 @@ _HAS_RGB_FLAG = hasattr(cv2, "IMREAD_COLOR_RGB")
 _READ_FLAGS = (cv2.IMREAD_COLOR_RGB if _HAS_RGB_FLAG else cv2.IMREAD_COLOR) | cv2.IMREAD_ANYDEPTH
 
 
+# Decoding failures are reported as one ImageError line; OpenCV's own error log would add more lines.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
+
 class ImageError(ValueError):
     """An image that cannot be used, with one line saying why."""
 
@@ -76,7 +80,7 @@ def header_size(data: bytes) -> tuple[int, int] | None:
         return None
     try:
         w, h = _HEADER_READERS[fmt](data)
-    except (struct.error, IndexError, ValueError):
+    except (struct.error, IndexError, KeyError, ValueError):
         raise ImageError(f"truncated or corrupt {fmt.upper()} header") from None
     if w < 1 or h < 1:
         raise ImageError(f"{fmt.upper()} header gives an empty size {w}x{h}")

@@ -179,3 +179,10 @@ def test_folders_are_picked_by_content(tmp_path, monkeypatch):
     _never_decode(monkeypatch)
     with pytest.raises(ImageError, match="holiday.jpg: 30000x30000 pixels is over the cap"):
         read_image(tmp_path / "holiday.jpg")
+
+
+def test_headers_missing_their_size_fields_are_one_line():
+    """Found by the fuzzer (tests/test_fuzz.py): a PAM header without HEIGHT raised KeyError."""
+    for data in (b"P7\nWIDTH 80\n\xee6", b"P7\nHEIGHT 8\nENDHDR\n", b"#?RADIANCE\n\n-Y 8\n", b"PF\n8\n"):
+        with pytest.raises(ImageError, match="truncated or corrupt"):
+            header_size(data)
