@@ -80,6 +80,8 @@ def header_size(data: bytes) -> tuple[int, int] | None:
         return None
     try:
         w, h = _HEADER_READERS[fmt](data)
+    except ImageError:
+        raise
     except (struct.error, IndexError, KeyError, ValueError):
         raise ImageError(f"truncated or corrupt {fmt.upper()} header") from None
     if w < 1 or h < 1:
