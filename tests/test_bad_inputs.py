@@ -138,7 +138,8 @@ _photo_case("PFM claiming 30000x30000", "over the cap", lambda fx: b"PF\n30000 3
 _photo_case("OpenEXR (size not readable first)", "not a readable image", lambda fx: b"\x76\x2f\x31\x01" + b"\0" * 64,
             "x.exr")
 _photo_case("AVIF with a broken box", "AVIF", lambda fx: b"\x00\x00\x00\x18ftypavif" + b"\x00" * 8 + b"\xff" * 16)
-case("photo", "a directory given as a photo", "is a directory")(lambda fx, d: run_photo(fx, d))
+case("photo", "an empty folder named like a photo", "no images in this folder")(
+    lambda fx, d: run_photo(fx, (d / "photo.jpg").mkdir() or d / "photo.jpg"))
 case("photo", "a missing file", "cannot read")(lambda fx, d: run_photo(fx, d / "nothere.jpg"))
 case("photo", "a folder without images", "no images in this folder")(
     lambda fx, d: run_photo(fx, _write(d / "f" / "notes.txt", "hi").parent))
@@ -280,7 +281,7 @@ def _set(path, value):
         node = man
         for key in parents:
             node = node[int(key)] if isinstance(node, list) else node[key]
-        node[last] = value
+        node[int(last) if isinstance(node, list) else last] = value
     return edit
 
 
@@ -427,10 +428,10 @@ case("store", "an unfinished build", "an unfinished build")(
                    fx.photo])
 
 
-def _other_store(d: Path) -> Path:
-    """Embeddings of the same shape and dtype but other values (another store's data)."""
-    src = d / "store.jzt" / "embeddings.f32"
-    other = d / "other.f32"
+def _other_store(store_dir: Path) -> Path:
+    """Embeddings of the same shape and dtype but other values (another store's data), beside the store."""
+    src = store_dir / "embeddings.f32"
+    other = store_dir.parent / "other.f32"
     arr = np.fromfile(src, dtype="<f4")
     (arr + 1.0).astype("<f4").tofile(other)
     return other

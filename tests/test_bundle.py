@@ -28,7 +28,7 @@ def _set(path, value):
         node = man
         for key in parents:
             node = node[int(key)] if isinstance(node, list) else node[key]
-        node[last] = value
+        node[int(last) if isinstance(node, list) else last] = value
     return edit
 
 
