@@ -15,7 +15,10 @@ happens inside the graphs. A street photo is stretched to image_size x 2*image_s
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import struct
+import sys
 from pathlib import Path
 
 import cv2
@@ -34,6 +37,10 @@ _READ_FLAGS = (cv2.IMREAD_COLOR_RGB if _HAS_RGB_FLAG else cv2.IMREAD_COLOR) | cv
 
 # Decoding failures are reported as one ImageError line; OpenCV's own error log would add more lines.
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+# libpng and libjpeg print their own warnings ("libpng error: IDAT: CRC error") straight to file
+# descriptor 2. The CLIs set this so that a damaged photo stays one line; it silences fd 2 around each
+# decode, process-wide, so libraries embedding the runtime leave it off.
+QUIET_CODECS = False
 
 
 class ImageError(ValueError):
@@ -298,7 +305,8 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         raise ImageError("not a readable image (unknown format or corrupt data)")
     if size[0] * size[1] > max_pixels:
         raise ImageError(f"{size[0]}x{size[1]} pixels is over the cap of {max_pixels} (decompression bomb?)")
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), _READ_FLAGS)
+    with _codecs_quiet() if QUIET_CODECS else contextlib.nullcontext():
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), _READ_FLAGS)
     if img is None:
         raise ImageError("not a readable image (unknown format or corrupt data)")
     if img.shape[0] * img.shape[1] > max_pixels:
@@ -306,13 +314,27 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     return to_rgb8(img, already_rgb=_HAS_RGB_FLAG)
 
 
+@contextlib.contextmanager
+def _codecs_quiet():
+    """File descriptor 2 pointed at /dev/null while a C codec runs."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def to_rgb8(img: np.ndarray, already_rgb: bool = True) -> np.ndarray:
     """Grey / colour / 4-channel, 8/16-bit or float -> uint8 RGB [H, W, 3]."""
     if img.dtype == np.uint16:
         img = ((img.astype(np.uint32) + 128) // 257).astype(np.uint8)  # 65535 -> 255, rounded
-    elif img.dtype != np.uint8:
-        img = np.clip(np.asarray(img, np.float32) * (255.0 if img.max(initial=0) <= 1.0 else 1.0), 0, 255)
-        img = np.rint(img).astype(np.uint8)
+    elif img.dtype != np.uint8:  # float (PFM, HDR): a damaged file may hold NaN or Inf
+        f = np.nan_to_num(np.asarray(img, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        img = np.rint(np.clip(f * (255.0 if f.max(initial=0) <= 1.0 else 1.0), 0, 255)).astype(np.uint8)
     if img.ndim == 2:
         return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
     if img.shape[2] == 1:

@@ -30,6 +30,7 @@ import numpy as np
 from .backends import BACKENDS, BackendUnavailable
 from .bundle import BundleError
 from .geometry import distance_m
+from . import images
 from .images import MAX_PIXELS, ImageError, list_images, load_rgb
 from .localizer import Localizer, LocalizerError
 from .run_output import GeoJsonOutput, JsonLinesOutput, TextOutput, previous_answers
@@ -214,6 +215,7 @@ def run(args) -> int:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    images.QUIET_CODECS = True  # a damaged photo is one line, without libpng's or libjpeg's own
     try:
         return run(args)
     except KeyboardInterrupt:

@@ -186,3 +186,30 @@ def test_headers_missing_their_size_fields_are_one_line():
     for data in (b"P7\nWIDTH 80\n\xee6", b"P7\nHEIGHT 8\nENDHDR\n", b"#?RADIANCE\n\n-Y 8\n", b"PF\n8\n"):
         with pytest.raises(ImageError, match="truncated or corrupt"):
             header_size(data)
+
+
+def test_codec_warnings_stay_off_stderr_when_asked(tmp_path):
+    """A PNG with a CRC error: libpng prints to fd 2 itself; with QUIET_CODECS (set by jzi-run) nothing shows."""
+    import subprocess
+    import sys
+
+    png = bytearray(_encode(".png", np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)))
+    at = bytes(png).index(b"IDAT") + 20
+    png[at] ^= 0xFF
+    bad = tmp_path / "crc.png"
+    bad.write_bytes(bytes(png))
+    code = ("import sys; from jzi.runtime import images as I; I.QUIET_CODECS = sys.argv[2] == '1'\n"
+            "try:\n    I.read_image(sys.argv[1])\nexcept I.ImageError as e:\n    print(e)")
+    loud = subprocess.run([sys.executable, "-c", code, str(bad), "0"], capture_output=True, text=True)
+    quiet = subprocess.run([sys.executable, "-c", code, str(bad), "1"], capture_output=True, text=True)
+    assert "libpng" in loud.stderr  # the fault this guards against
+    assert quiet.stderr == "" and "not a readable image" in quiet.stdout
+
+
+def test_float_images_with_nan_or_inf_become_valid_pixels():
+    from jzi.runtime.images import to_rgb8
+
+    img = np.array([[[np.nan, np.inf, -np.inf], [0.5, 2.0, 1e38]]], np.float32)
+    with np.errstate(all="raise"):
+        out = to_rgb8(img)
+    assert out.dtype == np.uint8 and out.shape == (1, 2, 3)
