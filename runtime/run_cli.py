@@ -33,11 +33,10 @@ from .geometry import distance_m
 from . import images
 from .images import MAX_PIXELS, ImageError, list_images, load_rgb
 from .localizer import Localizer, LocalizerError
-from .run_output import GeoJsonOutput, JsonLinesOutput, TextOutput, previous_answers
+from .run_output import RECALL_M, GeoJsonOutput, JsonLinesOutput, TextOutput, previous_answers
 from .tiles import TileStoreError
 
 PROG = "jzi-run"
-RECALL_M = (40, 50, 100)
 
 
 @dataclass

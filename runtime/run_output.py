@@ -28,6 +28,9 @@ import sys
 from pathlib import Path
 
 
+RECALL_M = (40, 50, 100)  # the recall radii reported with truth (DESIGN: R@40/50/100 m)
+
+
 def strict_json(obj, **kw) -> str:
     return json.dumps(obj, allow_nan=False, **kw)
 
@@ -66,7 +69,7 @@ class TextOutput:
     def close(self, summary, interrupted) -> None:
         if summary:
             print("{} photos with truth: ".format(summary["n"]) + "  ".join(
-                f"R@{m}m {100 * summary[f'R@{m}m']:.1f}%" for m in (40, 50, 100))
+                f"R@{m}m {100 * summary[f'R@{m}m']:.1f}%" for m in RECALL_M)
                 + f"  median error {summary['median_error_m']:.1f} m", flush=True)
 
 
