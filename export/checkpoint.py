@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import pickle
+import pickletools
 import re
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -84,24 +86,55 @@ def strip_prefixes(state: dict) -> dict:
 
 # ---- reading ----------------------------------------------------------------------------------------
 def read_torch_file(path) -> object:
-    """torch.load with ``weights_only=True``, mapping every failure to one clear line."""
+    """torch.load with ``weights_only=True``, mapping every failure to one clear line (torch's own
+    warnings and its advice to set ``weights_only=False`` are never shown)."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": noise before our one line
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        text = str(e)
         # "Unsupported global: GLOBAL x.y" (not allow-listed) or "unsupported GLOBAL os.system whose module
         # os is blocked" (torch >= 2.6 for modules that can run code)
-        found = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]+)", text, re.IGNORECASE)
-        if found:
-            what = f" ({found.group(1)})"
-            raise CheckpointError(f"{path}: refused, the file holds pickled code or objects{what}, not just tensors; "
-                                  "checkpoints are loaded with weights_only=True") from None
-        raise CheckpointError(f"{path}: not a checkpoint ({_first_line(e)})") from None
+        found = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]+)", str(e), re.IGNORECASE)
+        imports = [found.group(1)] if found else _pickle_imports(path)
+        if imports:
+            raise CheckpointError(f"{path}: refused, the file holds pickled code or objects ({imports[0]}), not just "
+                                  "tensors; checkpoints are loaded with weights_only=True") from None
+        raise CheckpointError(f"{path}: not a checkpoint ({_torch_reason(e)})") from None
     except Exception as e:  # a malformed file can fail anywhere inside the unpickler
-        raise CheckpointError(f"{path}: not a checkpoint ({_first_line(e)})") from None
+        raise CheckpointError(f"{path}: not a checkpoint ({_torch_reason(e)})") from None
+
+
+def _pickle_imports(path: Path) -> list[str]:
+    """What a plain pickle stream imports (GLOBAL, STACK_GLOBAL, INST), read opcode by opcode without
+    running anything; [] for a file that is not a pickle or imports nothing."""
+    names, strings = [], []
+    try:
+        with open(path, "rb") as f:
+            for op, arg, _ in pickletools.genops(f):
+                if isinstance(arg, str):
+                    strings.append(arg)
+                if op.name in ("GLOBAL", "INST"):
+                    names.append(arg.replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    names.append(".".join(strings[-2:]))
+    except Exception:  # not a pickle, or a broken one: nothing to name
+        return []
+    return names
+
+
+def _torch_reason(e: Exception) -> str:
+    """torch's message without its advice (weights_only=False would run the file's code)."""
+    text = str(e)
+    if "Weights only load failed" in text:
+        found = re.search(r"WeightsUnpickler error: \s*(.+)", text)
+        return found.group(1).strip().splitlines()[0][:200] if found else "not a torch weights file"
+    return _first_line(e)
 
 
 def _first_line(e: Exception) -> str:

@@ -104,23 +104,8 @@ class DecoderStepGraph(nn.Module):
 
 def tensor_specs(cfg: ModelConfig) -> dict:
     """Names, shapes (ints or the axis name "batch") and dtypes of every graph's inputs and outputs."""
-    s, d = cfg.image_size, cfg.width
-    cache = ["batch", cfg.dec_heads, cfg.cache_len, cfg.head_dim]
-
-    def t(name, shape, dtype):
-        return {"name": name, "shape": shape, "dtype": dtype}
-
-    past = [t(n, cache, "float32") for n in B.past_names(cfg.dec_layers)]
-    present = [t(n, cache, "float32") for n in B.present_names(cfg.dec_layers)]
-    return {
-        "view_encoder": {"inputs": [t("images", ["batch", s, s, 3], "uint8")],
-                         "outputs": [t("embedding", ["batch", d], "float32")]},
-        "street_encoder": {"inputs": [t("images", ["batch", s, 2 * s, 3], "uint8")],
-                           "outputs": [t("embedding", ["batch", d], "float32")]},
-        "decoder": {"inputs": [t("query", ["batch", d], "float32"), t("view", ["batch", d], "float32"),
-                               t("prev_action", ["batch"], "int64"), t("step", [], "int64"), *past],
-                    "outputs": [t("logits", ["batch", cfg.n_actions], "float32"), *present]},
-    }
+    return B.tensor_specs(cfg.image_size, cfg.width, cfg.n_actions, cfg.dec_layers, cfg.dec_heads, cfg.cache_len,
+                          cfg.head_dim)
 
 
 _TORCH_DTYPES = {"uint8": torch.uint8, "float32": torch.float32, "int64": torch.int64}

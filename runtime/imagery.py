@@ -144,7 +144,7 @@ class ImagerySource:
         if not self.covers(center_latlon, size_m):
             c = np.asarray(center_latlon, dtype=np.float64).reshape(2)
             raise CoverageError(f"view of {size_m:g} m at ({c[0]:.6f}, {c[1]:.6f}) leaves the coverage of "
-                                f"{self.name} ({_fmt_bounds(self.coverage)}); pass allow_padding to pad it")
+                                f"{self.name} ({_fmt_bounds(self.coverage)})")
 
     def _render(self, center, size_m, px, allow_padding, pad_value) -> np.ndarray:
         raise NotImplementedError

@@ -1,7 +1,7 @@
 """``jzi-run``: localize street photos.
 
     jzi-run --engine BUNDLE --tiles REGION.jzt query.jpg [more.jpg | folder/ | list.csv]
-            [--beams k] [--json] [--geojson out.geojson] [--viz out.png [--source IMAGERY]]
+            [--beams k] [--json] [--geojson out.geojson] [--resume PREVIOUS] [--viz out.png [--source IMAGERY]]
     jzi-run --engine BUNDLE --tiles REGION.jzt PHOTOS... --out results.parquet|csv [--shard I/N | --ray [ADDRESS]]
 
 Prints "photo  latitude, longitude" per photo. A CSV lists photos in a ``path`` column (relative to
@@ -10,6 +10,14 @@ beside the CSV or one folder up); with ``latitude``/``longitude`` columns each l
 error in metres and a summary of R@40/50/100m follows. A photo that cannot be read is one line on
 stderr and the rest go on; the exit status is then 1.
 
+Answers are written as they come (``run_output``): ``--json`` prints JSON Lines, ``--geojson``
+streams a FeatureCollection that is closed properly even on Ctrl-C (exit status 130). Every
+failure is listed with its reason. ``--resume PREVIOUS`` skips the photos already answered in a
+previous ``--json`` or ``--geojson`` output, e.g.::
+
+    jzi-run ... --json > run.jsonl                       # interrupted part-way
+    jzi-run ... --json --resume run.jsonl >> run.jsonl   # does the rest
+
 With ``--out`` the answers go to a table, one row per photo, written chunk by chunk so that a rerun
 resumes; ``--shard`` and ``--ray`` split the chunks among processes or a Ray cluster (batch.py).
 """
@@ -17,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,12 +36,13 @@ from .backends import BACKENDS, BackendUnavailable
 from .batch import CHUNK_SIZE, run_batch
 from .bundle import BundleError
 from .geometry import distance_m
+from . import images
 from .images import MAX_PIXELS, ImageError, list_images, load_rgb
 from .localizer import Localizer, LocalizerError
+from .run_output import RECALL_M, GeoJsonOutput, JsonLinesOutput, TextOutput, previous_answers
 from .tiles import TileStoreError
 
 PROG = "jzi-run"
-RECALL_M = (40, 50, 100)
 
 
 @dataclass
@@ -45,7 +52,7 @@ class Query:
     truth: tuple[float, float] | None = None
 
 
-def _csv_queries(csv_path: Path, problems: list[str]) -> list[Query]:
+def _csv_queries(csv_path: Path, problems: list[tuple[str, str]]) -> list[Query]:
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as f:
             rows = list(csv.DictReader(f))
@@ -62,7 +69,7 @@ def _csv_queries(csv_path: Path, problems: list[str]) -> list[Query]:
     for n, row in enumerate(rows, start=2):
         name = (row.get(key) or "").strip()
         if not name:
-            problems.append(f"{csv_path}:{n}: empty {key}")
+            problems.append((f"{csv_path}:{n}", f"{csv_path}:{n}: empty {key}"))
             continue
         truth = None
         if lat_key and lon_key:
@@ -71,7 +78,8 @@ def _csv_queries(csv_path: Path, problems: list[str]) -> list[Query]:
                 if not (-90 <= truth[0] <= 90 and -180 <= truth[1] <= 180):
                     raise ValueError
             except (TypeError, ValueError):
-                problems.append(f"{csv_path}:{n}: bad latitude/longitude {row.get(lat_key)!r}, {row.get(lon_key)!r}")
+                problems.append((f"{csv_path}:{n}", f"{csv_path}:{n}: bad latitude/longitude {row.get(lat_key)!r}, "
+                                                    f"{row.get(lon_key)!r}"))
                 continue
         out.append(Query(name, _resolve(csv_path.parent, name, key.lower() == "image_id"), truth))
     return out
@@ -86,18 +94,19 @@ def _resolve(folder: Path, name: str, is_id: bool) -> Path:
     return next((c for c in candidates if c.is_file()), candidates[0])
 
 
-def gather(inputs: list[str], problems: list[str]) -> list[Query]:
+def gather(inputs: list[str], problems: list[tuple[str, str]]) -> list[Query]:
+    """The photos named by ``inputs``; what cannot be used goes to ``problems`` as (label, one line)."""
     queries = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
             found = list_images(p)
             if not found:
-                problems.append(f"{p}: no images in this folder")
+                problems.append((str(p), f"{p}: no images in this folder"))
             queries += [Query(str(f), f) for f in found]
         elif p.suffix.lower() == ".csv":
             if not p.is_file():
-                problems.append(f"{p}: no such file")
+                problems.append((str(p), f"{p}: no such file"))
             else:
                 queries += _csv_queries(p, problems)
         else:
@@ -120,8 +129,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="auto", choices=("auto",) + BACKENDS + ("native",),
                    help="inference backend (auto); native: the C++ runtime jzi.native (make native)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime (default: all cores)")
-    p.add_argument("--json", action="store_true", help="print one JSON document instead of lines")
+    p.add_argument("--json", action="store_true",
+                   help="print JSON Lines: one object per answer or failure as it comes, then a summary line")
     p.add_argument("--geojson", metavar="OUT", help="write the answers (and truths) as a GeoJSON FeatureCollection")
+    p.add_argument("--resume", metavar="PREVIOUS",
+                   help="skip photos already answered in PREVIOUS (an earlier --json or --geojson output)")
     p.add_argument("--viz", metavar="OUT.png", help="draw the zoom path of the first photo")
     p.add_argument("--source", metavar="IMAGERY", help="imagery for --viz when the store has no thumbnails")
     p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help=f"refuse larger photos ({MAX_PIXELS})")
@@ -135,25 +147,6 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     ray_jobs.add_arguments(p)
     return p
-
-
-def _feature(q: Query, r, err) -> dict:
-    props = {"image": q.label, "path": r.path, "confidence": r.confidence, "step_probs": r.step_probs}
-    if q.truth is not None:
-        props.update(truth_latitude=q.truth[0], truth_longitude=q.truth[1], error_m=err)
-    if r.candidates:
-        props["candidates"] = [{"latitude": c.latitude, "longitude": c.longitude, "path": c.path,
-                                "probability": c.probability} for c in r.candidates]
-    return {"type": "Feature", "geometry": {"type": "Point", "coordinates": [r.longitude, r.latitude]},
-            "properties": props}
-
-
-def _write_json(path, obj) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
 
 
 def _localizer(args):
@@ -173,64 +166,66 @@ def run(args) -> int:
         raise ValueError("--beams and --batch must be at least 1")
     if args.max_pixels < 1:
         raise ValueError("--max-pixels must be positive")
-    problems: list[str] = []
+    problems: list[tuple[str, str]] = []
     queries = gather(args.inputs, problems)
     if not queries and not problems:
         raise ValueError("no photos given (the CSV lists none)")
     if args.out or args.shard or args.ray is not None:
-        return run_batch(args, queries, problems, PROG)
+        return run_batch(args, queries, [line for _, line in problems], PROG)
+    answered, carried = previous_answers(args.resume) if args.resume else (set(), [])
     loc = _localizer(args)
     if args.viz and loc.store.pixels is None and not args.source:
         raise ValueError("--viz needs view pixels: build the store with jzi-tiles build --thumbs PX, or pass --source")
-    for line in problems:
-        print(f"{PROG}: {line}", file=sys.stderr)
+    if answered:
+        before = len(queries)
+        queries = [q for q in queries if q.label not in answered]
+        print(f"{PROG}: resuming: {before - len(queries)} photos already answered in {args.resume}", file=sys.stderr)
+    outputs = [JsonLinesOutput(PROG, loc.backend.describe()) if args.json else TextOutput(PROG)]
+    if args.geojson:
+        outputs.append(GeoJsonOutput(args.geojson, carried))
     done: list[tuple[Query, object, float | None]] = []
+    failures = 0
     first_photo = None
     pending: list[tuple[Query, np.ndarray]] = []
+
+    def fail(label: str, line: str) -> None:
+        nonlocal failures
+        failures += 1
+        for out in outputs:
+            out.failure(label, line)
 
     def flush():
         results = loc.localize_batch([img for _, img in pending], beams=args.beams)
         for (q, _), r in zip(pending, results):
             err = float(distance_m([r.latitude, r.longitude], q.truth)) if q.truth else None
             done.append((q, r, err))
-            if not args.json:
-                line = f"{q.label}  {r.latitude:.6f}, {r.longitude:.6f}"
-                line += f"  error {err:.1f} m" if err is not None else ""
-                line += f"  confidence {r.confidence:.3g}"
-                if r.candidates:
-                    line += "  top-{}: {}".format(len(r.candidates), "; ".join(
-                        f"{c.latitude:.6f}, {c.longitude:.6f} ({c.probability:.3f})" for c in r.candidates[1:]))
-                print(line, flush=True)
+            for out in outputs:
+                out.answer(q.label, r, err, q.truth)
         pending.clear()
 
-    failures = len(problems)
-    for q in queries:
-        try:
-            img = load_rgb(q.path, args.max_pixels)
-        except ImageError as e:
-            print(f"{PROG}: {e}", file=sys.stderr)
-            failures += 1
-            continue
-        if first_photo is None:
-            first_photo = img
-        pending.append((q, img))
-        if len(pending) >= args.batch:
+    interrupted = True  # until the loop below finishes: a Ctrl-C or an error still closes every output
+    try:
+        for label, line in problems:
+            fail(label, line)
+        for q in queries:
+            try:
+                img = load_rgb(q.path, args.max_pixels)
+            except ImageError as e:
+                fail(q.label, str(e))
+                continue
+            if first_photo is None:
+                first_photo = img
+            pending.append((q, img))
+            if len(pending) >= args.batch:
+                flush()
+        if pending:
             flush()
-    if pending:
-        flush()
-
-    errors = np.array([e for _, _, e in done if e is not None])
-    summary = recall_summary(errors) if len(errors) else None
-    if args.json:
-        print(json.dumps({"backend": loc.backend.describe(), "results": [
-            {"image": q.label, **r.to_dict(), **({"error_m": e} if e is not None else {})} for q, r, e in done],
-            "summary": summary, "failed": failures}, indent=1))
-    elif summary:
-        print("{} photos with truth: ".format(summary["n"]) + "  ".join(
-            f"R@{m}m {100 * summary[f'R@{m}m']:.1f}%" for m in RECALL_M)
-            + f"  median error {summary['median_error_m']:.1f} m")
-    if args.geojson:
-        _write_json(args.geojson, {"type": "FeatureCollection", "features": [_feature(q, r, e) for q, r, e in done]})
+        interrupted = False
+    finally:
+        errors = np.array([e for _, _, e in done if e is not None])
+        summary = recall_summary(errors) if len(errors) else None
+        for out in outputs:
+            out.close(summary, interrupted)
     if args.viz and done:
         from .imagery import open_source
         from .viz import draw_zoom, save_rgb, view_images
@@ -247,10 +242,11 @@ def run(args) -> int:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    images.QUIET_CODECS = True  # a damaged photo is one line, without libpng's or libjpeg's own
     try:
         return run(args)
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
+        print(f"{PROG}: interrupted; the answers so far are kept (run again with --resume to go on)", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into head & co.: stop quietly
         sys.stderr.close()

@@ -10,16 +10,32 @@ Row ``Region.level_offset(level) + Region.path_index(path)`` holds the view reac
 (levels 0 .. steps-1), so the 16 children of a cell are 16 contiguous rows. Raw arrays plus JSON
 mean a C/C++ reader needs nothing else: ``tiles.json`` gives dtype, byte order, shape and offset 0.
 
-``tiles.json``: format ("jzi-tiles"), format_version, created, region (a Region dict), grid,
+``tiles.json``: format ("jzi-tiles"), format_version (2), created, region (a Region dict), grid,
 steps, view_px, dim, levels [{level, offset, count, size_m, meters_per_pixel}], files {role:
 {path, dtype, byte_order, shape, bytes, sha256, block_rows, block_sha256}}, encoder_id (the
 bundle's; a runtime refuses a store made by other encoder weights), encoder_precision, source
-(what the views were rendered from). ``block_sha256`` lists the sha256 of each consecutive block of
-``block_rows`` rows of the raw array (the last block may be shorter).
+(what the views were rendered from).
 
-Opening reads the JSON and maps the arrays: no checksums, so it is fast (tens of microseconds
-for the JSON, nothing proportional to the region). ``verify_store`` checks the sha256s and that
-every value is finite. A store is untrusted input: every field, size and shape is validated.
+Checksums per block of rows (format_version 2): ``block_sha256[i]`` is the sha256 of the raw bytes
+of rows ``i * block_rows`` .. ``min((i + 1) * block_rows, shape[0]) - 1`` of that file (the last
+block may be shorter), so ``len(block_sha256) == ceil(shape[0] / block_rows)``. ``sha256`` is the
+hash of the whole file. Writers pick ``block_rows`` (about 1 MiB per block, ``block_digests``
+computes the list); readers take it from the index.
+
+Reading is checked without hashing the store at open:
+
+- open: the index is validated field by field (messages name the field), every array must be a
+  regular file inside the store with exactly the size its dtype and shape need, and block 0 of the
+  embeddings is verified (a symlink to, or a copy of, another store's data fails here);
+- every read (``read_rows``, ``view_pixels``): each block a row falls in is verified the first time
+  it is touched (its sha256, and for embeddings that every value is finite); a block that fails
+  raises one ``TileStoreError`` line naming the store and the row, and no answer is given;
+- ``verify_store`` (``jzi-tiles verify``) checks every block and the whole-file sha256s.
+
+Stores of format_version 1 (no block checksums) are refused with a pointer to ``jzi-tiles
+upgrade STORE``, which checks their whole-file sha256s and finiteness, then adds the block
+checksums (``upgrade_store``). A store is untrusted input throughout. ``TileStore`` may be shared
+by threads.
 
 Building is chunked and idempotent, so any number of workers (one process, ``--shard i/N``
 processes, Ray actors) can fill one store and any of them can die and be rerun::
@@ -40,25 +56,37 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import time
 from dataclasses import dataclass, field
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from .bundle import read_json_document, sha256_file
+from . import schema as S
+from .bundle import sha256_file
 from .geometry import Region
 
 FORMAT = "jzi-tiles"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+BLOCK_BYTES = 1 << 20  # writers' target block size: the first read of a block hashes about 1 MiB
 INDEX = "tiles.json"
 BUILD = "build.json"  # the layout of a build in progress, shared by its workers
 DONE_DIR = "done"  # one empty file per finished chunk
 DTYPES = {"float16": "embeddings.f16", "float32": "embeddings.f32"}
 PIXELS = "pixels.u8"
-_LIMITS = {"grid": (2, 16), "steps": (1, 12), "dim": (1, 1 << 16), "view_px": (1, 1 << 14)}
+_HEX = S.string(hex_len=64)
+_FILE_V1 = {"path": S.string(), "dtype": S.string(("float16", "float32", "uint8")),
+            "shape": S.list_of(S.integer(0, 1 << 40), max_len=4), "bytes": S.integer(0, 1 << 50), "sha256": _HEX}
+_FILE_V2 = {**_FILE_V1, "block_rows": S.integer(1, 1 << 40), "block_sha256": S.list_of(_HEX)}
+_TOP = {"region": S.REGION, "grid": S.integer(2, 16), "steps": S.integer(1, 12), "view_px": S.integer(1, 1 << 14),
+        "dim": S.integer(1, 1 << 16), "levels": S.list_of(S.any_value), "encoder_id": S.string()}
+_OPTIONAL = {"byte_order": S.string(("little",))}
+INDEX_SCHEMAS = {1: S.obj({**_TOP, "files": S.mapping(S.obj(_FILE_V1, _OPTIONAL))}),
+                 2: S.obj({**_TOP, "files": S.mapping(S.obj(_FILE_V2, _OPTIONAL))})}
 
 
 class TileStoreError(ValueError):
@@ -75,6 +103,19 @@ def _atomic_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+def block_rows_for(row_bytes: int) -> int:
+    """Rows per checksum block for rows of ``row_bytes`` bytes (about ``BLOCK_BYTES`` per block)."""
+    return max(1, BLOCK_BYTES // max(1, int(row_bytes)))
+
+
+def block_digests(array, block_rows: int) -> list[str]:
+    """sha256 hex digests of consecutive blocks of ``block_rows`` rows of ``array`` (an array or memmap;
+    its raw C-order bytes as stored on disk); the last block may be shorter. ``files.<role>.block_sha256``."""
+    arr = np.asarray(array)
+    return [hashlib.sha256(np.ascontiguousarray(arr[i:i + block_rows])).hexdigest()
+            for i in range(0, len(arr), block_rows)]
+
+
 def levels_table(region: Region) -> list[dict]:
     return [{"level": lvl, "offset": region.level_offset(lvl), "count": region.n_views(lvl),
              "size_m": float(region.level_size_m(lvl)), "meters_per_pixel": float(region.meters_per_pixel(lvl))}
@@ -85,7 +126,11 @@ def levels_table(region: Region) -> list[dict]:
 # reading
 # ---------------------------------------------------------------------------------------------
 class TileStore:
-    """An opened store: ``embeddings`` [total_views, D] and optional ``pixels`` as read-only memmaps."""
+    """An opened store: ``embeddings`` [total_views, D] and optional ``pixels`` as read-only memmaps.
+
+    Read through ``read_rows`` / ``view_pixels``: they verify each block of rows the first time it is
+    read (see the module docstring). The raw memmaps are unchecked.
+    """
 
     def __init__(self, path):
         self.path = Path(path)
@@ -99,6 +144,46 @@ class TileStore:
         self.embeddings = _map(self.path, emb, self.dtype)
         pix = m["files"].get("pixels")
         self.pixels = _map(self.path, pix, "uint8") if pix else None
+        self._lock = threading.Lock()
+        self._checked = {role: np.zeros(len(e["block_sha256"]), bool) for role, e in m["files"].items()}
+        self._check_blocks("embeddings", np.zeros(1, np.int64))  # same store: its first block is its own
+
+    def read_rows(self, rows) -> np.ndarray:
+        """Embedding rows ``rows`` as float32 [n, D], each block verified the first time it is read."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if len(rows) and (rows.min() < 0 or rows.max() >= self.total_views):
+            bad = int(rows.min()) if rows.min() < 0 else int(rows.max())
+            raise TileStoreError(f"{self.path}: row {bad} is outside the store's {self.total_views} rows")
+        self._check_blocks("embeddings", rows)
+        return np.asarray(self.embeddings[rows], dtype=np.float32)
+
+    def _check_blocks(self, role: str, rows: np.ndarray) -> None:
+        checked = self._checked[role]
+        blocks = rows // self.meta["files"][role]["block_rows"]
+        for block in np.unique(blocks[~checked[blocks]]):
+            self._verify_block(role, int(block), int(rows[blocks == block][0]))
+            with self._lock:
+                checked[block] = True
+
+    def _verify_block(self, role: str, block: int, row: int) -> None:
+        entry = self.meta["files"][role]
+        arr = self.embeddings if role == "embeddings" else self.pixels
+        start = block * entry["block_rows"]
+        data = arr[start:start + entry["block_rows"]]
+        if hashlib.sha256(np.ascontiguousarray(data)).hexdigest() != entry["block_sha256"][block]:
+            raise TileStoreError(f"{self.path}: row {row} of {entry['path']} is in a block (rows {start}.."
+                                 f"{start + len(data) - 1}) that does not match its checksum in {INDEX} "
+                                 "(corrupt or edited); rebuild the store")
+        if role == "embeddings":
+            finite = np.isfinite(data).all(axis=1)
+            if not finite.all():
+                bad = start + int(np.argmin(finite))
+                raise TileStoreError(f"{self.path}: embedding row {bad} holds NaN or Inf; rebuild the store")
+
+    def verify_all(self) -> None:
+        """Verify every block of every file (what ``jzi-tiles verify`` does besides whole-file hashes)."""
+        for role, entry in self.meta["files"].items():
+            self._check_blocks(role, np.arange(0, entry["shape"][0], entry["block_rows"], dtype=np.int64))
 
     @property
     def total_views(self) -> int:
@@ -116,7 +201,9 @@ class TileStore:
         """The RGB thumbnail of the view reached by ``path`` (a copy), or None without a pixel pyramid."""
         if self.pixels is None:
             return None
-        return np.array(self.pixels[self.row_of_path(path)])
+        row = self.row_of_path(path)
+        self._check_blocks("pixels", np.array([row], np.int64))
+        return np.array(self.pixels[row])
 
     def summary(self) -> dict:
         m = self.meta
@@ -132,39 +219,32 @@ def open_store(path) -> TileStore:
     return TileStore(path)
 
 
-def _read_index(root: Path) -> dict:
+def _read_index(root: Path, versions=(FORMAT_VERSION,)) -> dict:
     if not root.is_dir():
         raise TileStoreError(f"{root}: not a tile store directory")
     index = root / INDEX
     if not index.is_file():
         hint = " (an unfinished build: run jzi-tiles build again to resume it)" if root.name.endswith(".partial") else ""
         raise TileStoreError(f"{root}: no {INDEX}; is this a jzi tile store (made by jzi-tiles build)?{hint}")
-    m = read_json_document(index, FORMAT, FORMAT_VERSION, "jzi tile store index", TileStoreError,
-                           ("region", "grid", "steps", "view_px", "dim", "levels", "files", "encoder_id"))
-    for key, (lo, hi) in _LIMITS.items():
-        if not isinstance(m[key], int) or isinstance(m[key], bool) or not lo <= m[key] <= hi:
-            raise TileStoreError(f"{index}: '{key}' must be an integer in {lo}..{hi}, got {m[key]!r}")
-    if not isinstance(m["region"], dict):
-        raise TileStoreError(f"{index}: 'region' must be an object")
-    try:
-        region = Region.from_dict(m["region"])
-        ok = all(np.isfinite([region.center_lat, region.center_lon, region.size_m])) and region.size_m > 0
-    except (TypeError, ValueError) as e:
-        raise TileStoreError(f"{index}: bad region ({e})") from None
-    if not ok or (region.grid, region.steps, region.view_px) != (m["grid"], m["steps"], m["view_px"]):
-        raise TileStoreError(f"{index}: region does not agree with grid/steps/view_px")
+    m = S.read_json_document(index, FORMAT, {v: INDEX_SCHEMAS[v] for v in versions}, "jzi tile store index",
+                             TileStoreError, too_old=f" (a store without block checksums: run `jzi-tiles upgrade "
+                                                     f"{root}` to check it and add them, or rebuild it)")
+    region = Region.from_dict(m["region"])
+    got, want = (region.grid, region.steps, region.view_px), (m["grid"], m["steps"], m["view_px"])
+    if got != want:
+        raise TileStoreError(f"{index}: region.grid/steps/view_px {'/'.join(map(str, got))} disagree with "
+                             f"grid/steps/view_px {'/'.join(map(str, want))}")
     if m["levels"] != levels_table(region):
         raise TileStoreError(f"{index}: the levels table does not match the region")
-    if not isinstance(m["encoder_id"], str) or not m["encoder_id"]:
-        raise TileStoreError(f"{index}: 'encoder_id' must be a non-empty string")
     files = m["files"]
-    if not isinstance(files, dict) or "embeddings" not in files:
+    if "embeddings" not in files:
         raise TileStoreError(f"{index}: no embeddings file listed")
     expect = {"embeddings": (None, [region.total_views, m["dim"]])}
     if "pixels" in files:
-        px = files["pixels"].get("shape", [None, 0])[1] if isinstance(files["pixels"], dict) else 0
+        px = (files["pixels"]["shape"] + [None, None])[1]
         if not isinstance(px, int) or not 1 <= px <= m["view_px"]:
-            raise TileStoreError(f"{index}: bad pixel pyramid size {px!r}")
+            raise TileStoreError(f"{index}: files.pixels.shape[1] must be a thumbnail size in 1..{m['view_px']}, "
+                                 f"got {px!r}")
         expect["pixels"] = ("uint8", [region.total_views, px, px, 3])
     for role, entry in files.items():
         if role not in expect:
@@ -173,49 +253,76 @@ def _read_index(root: Path) -> dict:
     return m
 
 
-def _check_file_entry(root: Path, index: Path, role: str, entry, dtype, shape) -> None:
-    if not isinstance(entry, dict):
-        raise TileStoreError(f"{index}: files.{role} must be an object")
-    name = entry.get("path")
-    if not isinstance(name, str) or not name or Path(name).name != name or name.startswith("."):
-        raise TileStoreError(f"{index}: files.{role}.path must be a plain file name inside the store")
+def _check_file_entry(root: Path, index: Path, role: str, entry: dict, dtype, shape) -> None:
+    name = entry["path"]
+    if Path(name).name != name or name.startswith("."):
+        raise TileStoreError(f"{index}: files.{role}.path must be a plain file name inside the store, got {name!r}")
     allowed = [dtype] if dtype else list(DTYPES)
-    if entry.get("dtype") not in allowed:
-        raise TileStoreError(f"{index}: files.{role}.dtype must be one of {allowed}, got {entry.get('dtype')!r}")
+    if entry["dtype"] not in allowed:
+        raise TileStoreError(f"{index}: files.{role}.dtype must be one of {allowed}, got {entry['dtype']!r}")
     if dtype is None and DTYPES[entry["dtype"]] != name:
-        raise TileStoreError(f"{index}: {entry['dtype']} embeddings must be in {DTYPES[entry['dtype']]}")
-    if entry.get("byte_order", "little") != "little":
-        raise TileStoreError(f"{index}: files.{role} must be little-endian")
-    if entry.get("shape") != shape:
-        raise TileStoreError(f"{index}: files.{role}.shape is {entry.get('shape')}, the region needs {shape}")
+        raise TileStoreError(f"{index}: {entry['dtype']} embeddings must be in {DTYPES[entry['dtype']]}, not {name}")
+    if entry["shape"] != shape:
+        raise TileStoreError(f"{index}: files.{role}.shape is {entry['shape']}, the region needs {shape}")
     nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(entry["dtype"]).itemsize
+    if entry["bytes"] != nbytes:
+        raise TileStoreError(f"{index}: files.{role}.bytes is {entry['bytes']}, shape {shape} of "
+                             f"{entry['dtype']} needs {nbytes}")
+    if "block_rows" in entry:
+        blocks = -(-shape[0] // entry["block_rows"])
+        if len(entry["block_sha256"]) != blocks:
+            raise TileStoreError(f"{index}: files.{role}.block_sha256 holds {len(entry['block_sha256'])} digests, "
+                                 f"{shape[0]} rows in blocks of {entry['block_rows']} need {blocks}")
     path = root / name
+    if path.is_symlink() or (path.exists() and path.resolve().parent != root.resolve()):
+        raise TileStoreError(f"{root}: {name} is a link; a store's arrays must be its own regular files")
     if not path.is_file():
         raise TileStoreError(f"{root}: {name} is missing")
     actual = path.stat().st_size
-    if entry.get("bytes") != nbytes or actual != nbytes:
-        raise TileStoreError(f"{root}: {name} holds {actual} bytes, shape {shape} needs {nbytes} (truncated or corrupt)")
+    if actual != nbytes:
+        raise TileStoreError(f"{root}: {name} holds {actual} bytes, shape {shape} of {entry['dtype']} needs "
+                             f"{nbytes} (truncated or corrupt)")
 
 
 def _map(root: Path, entry: dict, dtype: str) -> np.memmap:
     return np.memmap(root / entry["path"], dtype=_le(dtype), mode="r", shape=tuple(entry["shape"]))
 
 
-def verify_store(path, chunk_rows: int = 8192) -> dict:
-    """Full check: index validation, sha256 of every file, every embedding finite. Raises TileStoreError."""
+def verify_store(path) -> dict:
+    """Full check: index validation, the sha256 of every file and of every block, every embedding
+    finite. Raises TileStoreError."""
     store = TileStore(path)
     for role, entry in store.meta["files"].items():
-        if sha256_file(store.path / entry["path"]) != entry.get("sha256"):
+        if sha256_file(store.path / entry["path"]) != entry["sha256"]:
             raise TileStoreError(f"{store.path}: {entry['path']} does not match its sha256 in {INDEX} (corrupt or edited)")
-    emb = store.embeddings
-    for start in range(0, len(emb), chunk_rows):
-        block = np.asarray(emb[start:start + chunk_rows], dtype=np.float32)
-        bad = ~np.isfinite(block)
-        if bad.any():
-            row = start + int(np.argwhere(bad)[0][0])
-            raise TileStoreError(f"{store.path}: embedding row {row} holds NaN or Inf")
+    store.verify_all()
     return {"path": str(store.path), "ok": True, "views": store.total_views,
             "files": {role: e["sha256"] for role, e in store.meta["files"].items()}}
+
+
+def upgrade_store(path) -> dict:
+    """Bring a format_version 1 store to the current format: check its whole-file sha256s and that every
+    embedding is finite, then add the block checksums and rewrite ``tiles.json`` atomically."""
+    root = Path(path)
+    meta = _read_index(root, versions=(1, FORMAT_VERSION))
+    if meta["format_version"] == FORMAT_VERSION:
+        return {"path": str(root), "upgraded": False, "format_version": FORMAT_VERSION}
+    for role, entry in meta["files"].items():
+        if sha256_file(root / entry["path"]) != entry["sha256"]:
+            raise TileStoreError(f"{root}: {entry['path']} does not match its sha256 in {INDEX} (corrupt or edited); "
+                                 "rebuild the store")
+        arr = _map(root, entry, entry["dtype"])
+        entry["block_rows"] = block_rows_for(arr[0].nbytes)
+        entry["block_sha256"] = block_digests(arr, entry["block_rows"])
+        if role == "embeddings":
+            for start in range(0, len(arr), entry["block_rows"]):
+                if not np.isfinite(arr[start:start + entry["block_rows"]]).all():
+                    raise TileStoreError(f"{root}: embeddings from row {start} hold NaN or Inf; rebuild the store")
+        del arr
+    meta["format_version"] = FORMAT_VERSION
+    _atomic_json(root / INDEX, meta)
+    TileStore(root)  # reads back as a current store
+    return {"path": str(root), "upgraded": True, "format_version": FORMAT_VERSION}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -384,12 +491,6 @@ def make_thumbs(views: np.ndarray | None, px: int) -> np.ndarray | None:
     return np.stack([cv2.resize(v, (px, px), interpolation=cv2.INTER_AREA) for v in views])
 
 
-def block_digests(array: np.ndarray, block_rows: int) -> list[str]:
-    """sha256 of each consecutive block of ``block_rows`` rows of a raw array (the last may be shorter)."""
-    return [hashlib.sha256(np.ascontiguousarray(array[start:start + block_rows]).tobytes()).hexdigest()
-            for start in range(0, len(array), block_rows)]
-
-
 def finalize_store(out) -> Path:
     """Merge a build: check every chunk is marked done, write the index with checksums, move into place."""
     out = Path(out)
@@ -417,6 +518,20 @@ def finalize_store(out) -> Path:
     shutil.rmtree(partial / DONE_DIR)
     _replace_dir(partial, out)
     return out
+
+
+@contextmanager
+def _nothing_left_unless_kept(out: Path):
+    """A one-worker build that fails before it kept any chunk (an encoder or imagery error, Ctrl-C) removes
+    the ``OUT.partial/`` it created; once a chunk is kept, the partial build stays to be resumed."""
+    partial = out.with_name(out.name + ".partial")
+    fresh = not partial.exists()
+    try:
+        yield
+    except BaseException:
+        if fresh and not any((partial / DONE_DIR).glob("*")) and not (partial / INDEX).exists():
+            shutil.rmtree(partial, ignore_errors=True)
+        raise
 
 
 def write_store(out, region: Region, dim: int, encoder_id: str, produce: Produce, *, dtype: str = "float16",
@@ -536,14 +651,25 @@ def build_store(out, bundle_dir, source, *, backend: str = "auto", threads: int 
     manifest, layout = plan_build(bundle_dir, dtype=dtype, thumb_px=thumb_px, chunk_rows=chunk_rows, region=region,
                                   source=source)
     src = open_source(source)
+    if not src.covers(region.center, region.size_m):  # every view lies inside the level-0 view: refuse up front
+        c = region.center
+        raise TileStoreError(f"{source} does not cover the region, a {region.size_m / 1000:g} km square at "
+                             f"({c[0]:.6f}, {c[1]:.6f}): move or shrink it with --center/--size-m, or use imagery "
+                             "that covers it")
     engine = open_backend(bundle_dir, manifest, backend=backend, threads=threads, graphs=("view_encoder",))
-    partial = prepare_build(out, layout, force)
-    if partial is None:
-        return Path(out)
 
     def produce(rows: np.ndarray):
         views = render_views(src, layout.region, rows)
         return engine.encode_views(views), views
 
-    build_chunks(partial, layout, produce, batch=batch, shard=shard, progress=progress, label=Path(out).name)
-    return finalize_store(out) if shard[1] == 1 else None
+    if shard[1] > 1:  # other shards share the partial build: never remove it from here
+        partial = prepare_build(out, layout, force)
+        if partial is not None:
+            build_chunks(partial, layout, produce, batch=batch, shard=shard, progress=progress, label=Path(out).name)
+        return None
+    with _nothing_left_unless_kept(Path(out)):
+        partial = prepare_build(out, layout, force)
+        if partial is None:
+            return Path(out)
+        build_chunks(partial, layout, produce, batch=batch, shard=shard, progress=progress, label=Path(out).name)
+    return finalize_store(out)

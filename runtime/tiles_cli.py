@@ -5,6 +5,7 @@
     jzi-tiles merge REGION.jzt
     jzi-tiles info REGION.jzt [--json]
     jzi-tiles verify REGION.jzt [--engine BUNDLE] [--json]
+    jzi-tiles upgrade REGION.jzt       add block checksums to a store written before format_version 2
 
 SOURCE is anything ``jzi.runtime.imagery.open_source`` reads: an XYZ tile folder or its
 tiledwebmaps ``layout.yaml``, a GeoTIFF, or a dataset root with ``satellite/layout.yaml`` (the
@@ -28,7 +29,7 @@ from .geometry import Region
 from . import ray_jobs
 from .ray_jobs import RayJobError
 from .shards import resolve_shard
-from .tiles import CHUNK_ROWS, TileStore, TileStoreError, build_store, finalize_store, verify_store
+from .tiles import CHUNK_ROWS, TileStore, TileStoreError, build_store, finalize_store, upgrade_store, verify_store
 
 PROG = "jzi-tiles"
 
@@ -88,6 +89,9 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("store")
     v.add_argument("--engine", metavar="BUNDLE", help="also check that this bundle's encoder made the store")
     v.add_argument("--json", action="store_true", help="machine-readable output")
+
+    u = sub.add_parser("upgrade", help="check an older store and add the per-block checksums this jzi reads")
+    u.add_argument("store")
     return p
 
 
@@ -164,10 +168,20 @@ def cmd_verify(args) -> int:
     return 0
 
 
+def cmd_upgrade(args) -> int:
+    report = upgrade_store(args.store)
+    if report["upgraded"]:
+        print(f"{args.store}: checked and upgraded to format_version {report['format_version']}")
+    else:
+        print(f"{args.store}: already format_version {report['format_version']}, nothing to do")
+    return 0
+
+
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
-        return {"build": cmd_build, "merge": cmd_merge, "info": cmd_info, "verify": cmd_verify}[args.command](args)
+        return {"build": cmd_build, "merge": cmd_merge, "info": cmd_info, "verify": cmd_verify,
+                "upgrade": cmd_upgrade}[args.command](args)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

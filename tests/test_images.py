@@ -108,3 +108,108 @@ def test_arrays_and_street_input():
     assert street_input(rgb, 16, out=out) is out and (out == street).all()
     with pytest.raises(ImageError):
         load_rgb(np.zeros((5, 5, 2), np.uint8))
+
+
+@pytest.mark.parametrize("ext", [".gif", ".jp2", ".avif", ".ppm", ".pgm", ".pam", ".pfm", ".ras", ".hdr"])
+def test_every_other_decodable_format_gives_its_size_from_the_header(ext):
+    rgb = _two_colour_rgb(48, 80)
+    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    src = bgr.astype(np.float32) / 255 if ext in (".pfm", ".hdr") else bgr[..., 0] if ext == ".pgm" else bgr
+    data = _encode(ext, src)
+    assert header_size(data) == (80, 48)
+    assert decode_image(data).shape == (48, 80, 3)
+
+
+def _never_decode(monkeypatch):
+    import jzi.runtime.images as images
+
+    def boom(*a, **k):
+        raise AssertionError("decoded although the header said it is too big")
+    monkeypatch.setattr(images.cv2, "imdecode", boom)
+
+
+def _gif_claiming(w, h) -> bytes:
+    """A tiny GIF whose logical screen and frame claim w x h (the issue's 296 KB 20000x20000 bomb, in 40 bytes)."""
+    return (b"GIF89a" + struct.pack("<HHBBB", w, h, 0, 0, 0) + b"\x2c" + struct.pack("<HHHHB", 0, 0, w, h, 0)
+            + b"\x02\x02\x44\x01\x00\x3b")
+
+
+def test_bombs_in_every_format_are_refused_before_decoding(monkeypatch):
+    jp2 = bytearray(_encode(".jp2", np.zeros((48, 80, 3), np.uint8)))
+    at = bytes(jp2).index(b"ihdr")
+    jp2[at + 4:at + 12] = struct.pack(">II", 30000, 30000)
+    j2k = b"\xff\x4f\xff\x51\x00\x29\x00\x00" + struct.pack(">IIII", 40000, 40000, 0, 0) + b"\x00" * 40
+    ppm = b"P6\n# a comment\n30000 30000\n255\n" + b"\x00" * 30
+    hdr = b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 30000 +X 30000\n" + b"\x00" * 30
+    tiff = bytearray(_encode(".tiff", np.zeros((4, 4, 3), np.uint8)))
+    _never_decode(monkeypatch)
+    assert header_size(_gif_claiming(20000, 20000)) == (20000, 20000)
+    assert header_size(j2k) == (40000, 40000) and header_size(ppm) == (30000, 30000)
+    assert header_size(hdr) == (30000, 30000)
+    for data in (_gif_claiming(20000, 20000), bytes(jp2), j2k, ppm, hdr):
+        with pytest.raises(ImageError, match="over the cap"):
+            decode_image(data)
+    # a GIF whose first frame lies outside a small logical screen: the frame decides
+    small_screen = bytearray(_gif_claiming(20000, 20000))
+    small_screen[6:10] = struct.pack("<HH", 10, 10)
+    assert header_size(bytes(small_screen)) == (20000, 20000)
+    # formats whose size cannot be read first are refused, not decoded
+    for data in (b"\x76\x2f\x31\x01" + b"\x00" * 100, b"random bytes here", bytes(tiff[:8])):
+        with pytest.raises(ImageError, match="not a readable image|truncated or corrupt"):
+            decode_image(data)
+
+
+def test_big_files_are_refused_before_they_are_read(tmp_path):
+    big = tmp_path / "huge.jpg"
+    with open(big, "wb") as f:
+        f.truncate(8 * 1000 + (1 << 20) + 1)  # sparse: no disk used
+    with pytest.raises(ImageError, match="larger than any image"):
+        read_image(big, max_pixels=1000)
+
+
+def test_folders_are_picked_by_content(tmp_path, monkeypatch):
+    from jzi.runtime.images import list_images
+
+    (tmp_path / "holiday.jpg").write_bytes(_gif_claiming(30000, 30000))  # a GIF bomb named .jpg
+    (tmp_path / "IMG_0001").write_bytes(_encode(".jpg", np.zeros((8, 8, 3), np.uint8)))  # no suffix, a JPEG
+    (tmp_path / "notes.txt").write_text("not a photo")
+    (tmp_path / "broken.png").write_bytes(b"garbage")  # claims to be an image: listed, so it is reported
+    (tmp_path / "sub").mkdir()
+    assert [p.name for p in list_images(tmp_path)] == ["IMG_0001", "broken.png", "holiday.jpg"]
+    _never_decode(monkeypatch)
+    with pytest.raises(ImageError, match="holiday.jpg: 30000x30000 pixels is over the cap"):
+        read_image(tmp_path / "holiday.jpg")
+
+
+def test_headers_missing_their_size_fields_are_one_line():
+    """Found by the fuzzer (tests/test_fuzz.py): a PAM header without HEIGHT raised KeyError."""
+    for data in (b"P7\nWIDTH 80\n\xee6", b"P7\nHEIGHT 8\nENDHDR\n", b"#?RADIANCE\n\n-Y 8\n", b"PF\n8\n"):
+        with pytest.raises(ImageError, match="truncated or corrupt"):
+            header_size(data)
+
+
+def test_codec_warnings_stay_off_stderr_when_asked(tmp_path):
+    """A PNG with a CRC error: libpng prints to fd 2 itself; with QUIET_CODECS (set by jzi-run) nothing shows."""
+    import subprocess
+    import sys
+
+    png = bytearray(_encode(".png", np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)))
+    at = bytes(png).index(b"IDAT") + 20
+    png[at] ^= 0xFF
+    bad = tmp_path / "crc.png"
+    bad.write_bytes(bytes(png))
+    code = ("import sys; from jzi.runtime import images as I; I.QUIET_CODECS = sys.argv[2] == '1'\n"
+            "try:\n    I.read_image(sys.argv[1])\nexcept I.ImageError as e:\n    print(e)")
+    loud = subprocess.run([sys.executable, "-c", code, str(bad), "0"], capture_output=True, text=True)
+    quiet = subprocess.run([sys.executable, "-c", code, str(bad), "1"], capture_output=True, text=True)
+    assert "libpng" in loud.stderr  # the fault this guards against
+    assert quiet.stderr == "" and "not a readable image" in quiet.stdout
+
+
+def test_float_images_with_nan_or_inf_become_valid_pixels():
+    from jzi.runtime.images import to_rgb8
+
+    img = np.array([[[np.nan, np.inf, -np.inf], [0.5, 2.0, 1e38]]], np.float32)
+    with np.errstate(all="raise"):
+        out = to_rgb8(img)
+    assert out.dtype == np.uint8 and out.shape == (1, 2, 3)

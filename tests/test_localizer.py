@@ -1,5 +1,4 @@
 """The zoom loop against PyTorch: greedy paths, probabilities, beam search, row reads, pairing checks."""
-import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -123,22 +122,43 @@ def test_beam_search_matches_a_reference_and_greedy(model, photos, loc32):
         loc32.localize(photos[0], beams=17)
 
 
-def test_only_the_rows_on_the_path_are_read(tmp_path, bundle, store32, photos):  # noqa: F811
-    """Poison every row but the ones on the chosen path: the answer must not change."""
+def test_only_the_rows_on_the_path_are_read(bundle, store32, photos):  # noqa: F811
     loc = Localizer(bundle, store32, backend="ort-cpu", threads=1)
+    read = []
+    real = loc.store.read_rows
+    loc.store.read_rows = lambda rows: read.append(np.asarray(rows).tolist()) or real(rows)
     first = loc.localize(photos[0])
-    poisoned = tmp_path / "poisoned.jzt"
-    shutil.copytree(store32, poisoned)
-    store = TileStore(poisoned)
-    keep = [store.row_of_path(first.path[:lvl]) for lvl in range(4)]
-    emb = np.memmap(poisoned / "embeddings.f32", dtype="<f4", mode="r+", shape=store.embeddings.shape)
-    saved = emb[keep].copy()
-    emb[:] = np.nan
-    emb[keep] = saved
+    assert read == [[loc.store.row_of_path(first.path[:lvl])] for lvl in range(4)]
+
+
+def test_a_damaged_store_never_answers(tmp_path, bundle, store32, photos, monkeypatch):  # noqa: F811
+    """Flipped bytes or NaN rows on a query's path: one TileStoreError line naming the store and the row."""
+    import json
+
+    from jzi.runtime import tiles as T
+
+    monkeypatch.setattr(T, "BLOCK_BYTES", 4 * 96 * 4)  # blocks of 4 rows, so that damage stays local
+    good = Localizer(bundle, store32, backend="ort-cpu", threads=1).localize(photos[0])
+    store = tmp_path / "damaged.jzt"
+    src = TileStore(store32)
+    write_store(store, src.region, src.dim, src.encoder_id, lambda r: (src.embeddings[r], None), dtype="float32",
+                batch=4096, progress=False)
+    row = TileStore(store).row_of_path(good.path[:3])
+    meta = json.loads((store / "tiles.json").read_text())
+    emb = np.memmap(store / "embeddings.f32", dtype="<f4", mode="r+", shape=src.embeddings.shape)
+    emb[row, 5] += 1.0  # flipped bytes
     emb.flush()
+    with pytest.raises(T.TileStoreError, match=rf"damaged.jzt: row {row} of embeddings.f32 .* checksum"):
+        Localizer(bundle, store, backend="ort-cpu", threads=1).localize(photos[0])
+    emb[row] = np.nan  # NaN with checksums that match: still refused, never "confidence nan"
+    emb.flush()
+    entry = meta["files"]["embeddings"]
+    entry["block_sha256"] = T.block_digests(emb, entry["block_rows"])
+    (store / "tiles.json").write_text(json.dumps(meta))
     del emb
-    again = Localizer(bundle, poisoned, backend="ort-cpu", threads=1).localize(photos[0])
-    assert again.path == first.path and np.isfinite(again.step_probs).all()
+    loc = Localizer(bundle, store, backend="ort-cpu", threads=1)
+    with pytest.raises(T.TileStoreError, match=f"embedding row {row} holds NaN or Inf"):
+        loc.localize(photos[0])
 
 
 def test_mismatched_stores_are_refused(tmp_path, bundle, store32):  # noqa: F811

@@ -66,9 +66,10 @@ def test_json_geojson_and_beams(tmp_path, dataset, bundle, store32):  # noqa: F8
     gj = tmp_path / "out" / "answers.geojson"
     r = _run("--engine", bundle, "--tiles", store32, images, "--json", "--beams", "3", "--geojson", gj)
     assert r.returncode == 0, r.stderr
-    doc = json.loads(r.stdout)
-    assert len(doc["results"]) == 6 and doc["summary"] is None and doc["failed"] == 0
-    first = doc["results"][0]
+    lines = [json.loads(line) for line in r.stdout.splitlines()]  # JSON Lines: one answer per line, then a summary
+    results, end = lines[:-1], lines[-1]
+    assert len(results) == 6 and end["summary"] is None and end["failed"] == [] and end["interrupted"] is False
+    first = results[0]
     assert len(first["candidates"]) == 3 and first["path"] == first["candidates"][0]["path"]
     assert first["candidates"][0]["score"] >= first["candidates"][1]["score"] >= first["candidates"][2]["score"]
     assert set(first["timings"]) >= {"encoder_ms", "decoder_steps_ms", "tiles_ms", "total_ms"}
@@ -76,7 +77,7 @@ def test_json_geojson_and_beams(tmp_path, dataset, bundle, store32):  # noqa: F8
     assert geo["type"] == "FeatureCollection" and len(geo["features"]) == 6
     pt = geo["features"][0]
     assert pt["geometry"]["coordinates"] == pytest.approx([first["longitude"], first["latitude"]])
-    assert len(pt["properties"]["candidates"]) == 3
+    assert len(pt["properties"]["candidates"]) == 3 and geo["failed"] == []
 
 
 def test_viz_draws_the_zoom_path(tmp_path, dataset, bundle, store16, geotiff):  # noqa: F811
@@ -143,3 +144,80 @@ def test_demo_runs_end_to_end(tmp_path):
     again = subprocess.run([sys.executable, "-m", "jzi.export.demo", "--out", str(out), "--world", "tiny"],
                            capture_output=True, text=True, timeout=900)
     assert again.returncode == 0 and again.stdout.count("reusing") == 4
+
+
+def _in_process(capsys, *args):
+    from jzi.runtime import run_cli
+
+    rc = run_cli.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _strict_loads(text):
+    def no_constants(name):
+        raise AssertionError(f"non-JSON token {name}")
+    return json.loads(text, parse_constant=no_constants)
+
+
+@pytest.fixture
+def many_photos(tmp_path, dataset):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    src = sorted((dataset / "streetview" / "images").iterdir())
+    for i in range(12):
+        (folder / f"p{i:02d}.jpg").write_bytes(src[i % len(src)].read_bytes())
+    (folder / "p05.jpg").write_bytes(b"not an image")  # one failure among them
+    return folder
+
+
+def test_interrupted_json_and_geojson_keep_their_answers_and_resume(tmp_path, capsys, monkeypatch, many_photos,
+                                                                     bundle, store32):  # noqa: F811
+    from jzi.runtime import run_cli
+
+    gj = tmp_path / "out.geojson"
+    real = run_cli.load_rgb
+    calls = []
+
+    def dies_at_the_eighth(path, *a):
+        calls.append(path)
+        if len(calls) == 8:
+            raise KeyboardInterrupt
+        return real(path, *a)
+
+    monkeypatch.setattr(run_cli, "load_rgb", dies_at_the_eighth)
+    common = ("--engine", bundle, "--tiles", store32, many_photos, "--threads", "1")
+    rc, out, err = _in_process(capsys, *common, "--json", "--geojson", gj)
+    assert rc == 130 and "interrupted" in err and len(err.strip().splitlines()) == 2  # the bad photo + the interrupt
+    first = [_strict_loads(line) for line in out.splitlines()]
+    answered = [x["image"] for x in first if "latitude" in x]
+    assert len(answered) == 6 and first[-1]["interrupted"] is True
+    assert first[-1]["failed"] == [{"image": str(many_photos / "p05.jpg"), "error": f"{many_photos / 'p05.jpg'}: "
+                                    "not a readable image (unknown format or corrupt data)"}]
+    geo = _strict_loads(gj.read_text())  # a complete document although the run was interrupted
+    assert [f["properties"]["image"] for f in geo["features"]] == answered and geo["interrupted"] is True
+    jsonl = tmp_path / "run.jsonl"
+    jsonl.write_text(out)
+
+    monkeypatch.setattr(run_cli, "load_rgb", real)
+    rc, out, err = _in_process(capsys, *common, "--json", "--resume", jsonl)
+    assert rc == 1 and "resuming: 6 photos already answered" in err  # p05 fails again: exit 1
+    rest = [_strict_loads(line) for line in out.splitlines()]
+    again = [x["image"] for x in rest if "latitude" in x]
+    assert len(again) == 5 and not set(again) & set(answered)
+    rc, out, err = _in_process(capsys, *common, "--geojson", gj, "--resume", gj)
+    geo = _strict_loads(gj.read_text())
+    assert len(geo["features"]) == 11 and geo["interrupted"] is False and len(geo["failed"]) == 1
+    # every photo answered once across the runs, each with the serial answer
+    loc = Localizer(bundle, store32, backend="ort-cpu", threads=1)
+    by_name = {f["properties"]["image"]: f["geometry"]["coordinates"] for f in geo["features"]}
+    for name, (lon, lat) in by_name.items():
+        r = loc.localize(name)
+        assert (lat, lon) == pytest.approx((r.latitude, r.longitude), abs=1e-12)
+
+
+def test_resume_refuses_a_file_that_is_not_an_output(tmp_path, capsys, many_photos, bundle, store32):  # noqa: F811
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("hello\n{}\n")
+    rc, out, err = _in_process(capsys, "--engine", bundle, "--tiles", store32, many_photos, "--json", "--resume", bad)
+    assert rc == 1 and "bad.jsonl:1: not a jzi-run --json line" in err and out == ""

@@ -117,13 +117,21 @@ def _corrupt(tmp_path, edit):
     (lambda d, m: m["files"]["embeddings"].update(path="../../etc/passwd"), "plain file name"),
     (lambda d, m: m["files"]["embeddings"].update(shape=[273, 4]), "shape"),
     (lambda d, m: m["files"]["embeddings"].update(dtype="float64"), "dtype"),
-    (lambda d, m: m.update(steps=5), "region does not agree"),
-    (lambda d, m: m.update(dim=-3), "'dim'"),
+    (lambda d, m: m.update(steps=5), "region.grid/steps/view_px 4/3/16 disagree with grid/steps/view_px 4/5/16"),
+    (lambda d, m: m.update(dim=-3), "dim must be an integer"),
     (lambda d, m: m["levels"][1].update(offset=3), "levels"),
     (lambda d, m: m.update(format_version=99), "format_version"),
-    (lambda d, m: m.pop("encoder_id"), "encoder_id"),
-    (lambda d, m: m["files"].update(extra={"path": "x"}), "unknown file role"),
+    (lambda d, m: m.pop("encoder_id"), "encoder_id is missing"),
+    (lambda d, m: m["files"].update(extra={**m["files"]["embeddings"]}), "unknown file role"),
     (lambda d, m: (d / "embeddings.f16").write_bytes(b"\0" * 100), "truncated"),
+    # the issue's misleading messages: each now names the field that is wrong
+    (lambda d, m: m["files"]["embeddings"].update(bytes=5), r"files.embeddings.bytes is 5, shape \[273, 8\] of float16 needs 4368"),
+    (lambda d, m: m["region"].update(size_m=-5.0), r"region.size_m must be a finite number in \(0, .*got -5.0"),
+    (lambda d, m: m["region"].update(center_lat=float("nan")), "region.center_lat must be a finite number"),
+    (lambda d, m: m["files"]["embeddings"]["block_sha256"].pop(), "block_sha256 holds 0 digests"),
+    (lambda d, m: m["files"]["embeddings"].update(block_rows=0), "files.embeddings.block_rows must be an integer"),
+    (lambda d, m: m["files"]["embeddings"].update(sha256="x"), "files.embeddings.sha256 must be 64 lowercase hex"),
+    (lambda d, m: m.update(region="x"), "region must be an object"),
 ])
 def test_untrusted_stores_are_refused_with_one_line(tmp_path, edit, why):
     with pytest.raises(TileStoreError, match=why) as err:
@@ -144,13 +152,26 @@ def test_not_json_and_not_a_store(tmp_path):
         TileStore(tmp_path)
 
 
-def test_verify_catches_edited_bytes_and_nan(tmp_path):
+def _poke(store, row, value, rehash=False):
+    """Write ``value`` into every column of embedding ``row``; ``rehash`` also updates the checksums so
+    that only the values are wrong (a crafted store)."""
+    meta = json.loads((store / "tiles.json").read_text())
+    entry = meta["files"]["embeddings"]
+    arr = np.memmap(store / entry["path"], dtype=np.dtype(entry["dtype"]).newbyteorder("<"), mode="r+",
+                    shape=tuple(entry["shape"]))
+    arr[row] = value
+    arr.flush()
+    if rehash:
+        entry["block_sha256"] = T.block_digests(arr, entry["block_rows"])
+        entry["sha256"] = T.sha256_file(store / entry["path"])
+        (store / "tiles.json").write_text(json.dumps(meta))
+    del arr
+
+
+def test_verify_catches_edited_bytes_and_nan(tmp_path, blocks_of_16):
     good = write_store(tmp_path / "v.jzt", SMALL, DIM, "enc", _produce, dtype="float32", progress=False)
     assert verify_store(good)["ok"]
-    arr = np.memmap(good / "embeddings.f32", dtype="<f4", mode="r+", shape=(273, DIM))
-    arr[100, 3] = 1.5  # same size, different bytes: open() accepts it, verify() does not
-    arr.flush()
-    del arr
+    _poke(good, 100, 1.5)  # same size, different bytes: open() accepts it (not block 0), verify() does not
     TileStore(good)
     with pytest.raises(TileStoreError, match="sha256"):
         verify_store(good)
@@ -251,3 +272,100 @@ def re_search(pattern, text):
     import re
 
     return re.search(pattern, text) is not None
+
+
+@pytest.fixture
+def blocks_of_16(monkeypatch):
+    """Small checksum blocks so that a tiny store has many (273 rows of DIM fp16 -> blocks of 16 rows)."""
+    monkeypatch.setattr(T, "BLOCK_BYTES", 16 * DIM * 2)
+
+
+def test_block_checksums_are_written_and_match_the_rows(tmp_path, blocks_of_16):
+    store = write_store(tmp_path / "b.jzt", SMALL, DIM, "enc", _produce, thumb_px=4, progress=False)
+    meta = json.loads((store / "tiles.json").read_text())
+    emb = meta["files"]["embeddings"]
+    assert meta["format_version"] == 2 and emb["block_rows"] == 16 and len(emb["block_sha256"]) == 18  # ceil(273/16)
+    raw = (store / "embeddings.f16").read_bytes()
+    import hashlib
+
+    assert emb["block_sha256"][-1] == hashlib.sha256(raw[16 * 17 * DIM * 2:]).hexdigest()  # the short last block
+    pix = meta["files"]["pixels"]
+    assert len(pix["block_sha256"]) == -(-273 // pix["block_rows"])
+    np.testing.assert_array_equal(TileStore(store).read_rows([0, 17, 272]), _values([0, 17, 272]).astype(np.float16))
+
+
+def test_a_damaged_block_fails_the_read_that_meets_it_naming_store_and_row(tmp_path, blocks_of_16):
+    store = write_store(tmp_path / "d.jzt", SMALL, DIM, "enc", _produce, progress=False)
+    _poke(store, 100, 0.25)  # flipped bytes in block 6 (rows 96..111)
+    opened = TileStore(store)  # open stays cheap: block 6 is not read yet
+    assert opened.read_rows([5, 200]).shape == (2, DIM)  # other blocks are fine
+    with pytest.raises(TileStoreError, match=r"d.jzt: row 97 of embeddings.f16 is in a block \(rows 96..111\) "
+                                             r"that does not match its checksum"):
+        opened.read_rows([97])
+    with pytest.raises(TileStoreError, match="row 111"):  # every later read of that block fails too
+        opened.read_rows([111])
+
+
+def test_non_finite_rows_are_refused_where_read_even_with_matching_checksums(tmp_path, blocks_of_16):
+    store = write_store(tmp_path / "n.jzt", SMALL, DIM, "enc", _produce, progress=False)
+    _poke(store, 40, np.nan, rehash=True)
+    opened = TileStore(store)
+    assert np.isfinite(opened.read_rows([0, 100])).all()
+    with pytest.raises(TileStoreError, match="embedding row 40 holds NaN or Inf"):
+        opened.read_rows([33])
+    with pytest.raises(TileStoreError, match="row 40 holds NaN"):
+        verify_store(store)
+
+
+def test_another_stores_data_is_refused_on_open(tmp_path):
+    a = write_store(tmp_path / "a.jzt", SMALL, DIM, "enc", _produce, progress=False)
+    b = write_store(tmp_path / "b.jzt", SMALL, DIM, "enc", lambda r: (_values(r) + 1, None), progress=False)
+    (b / "embeddings.f16").unlink()
+    (b / "embeddings.f16").symlink_to(a / "embeddings.f16")
+    with pytest.raises(TileStoreError, match="embeddings.f16 is a link"):
+        TileStore(b)
+    (b / "embeddings.f16").unlink()
+    shutil.copy(a / "embeddings.f16", b / "embeddings.f16")  # a copy: same size, other data
+    with pytest.raises(TileStoreError, match="row 0 of embeddings.f16 is in a block"):
+        TileStore(b)
+
+
+def test_old_stores_are_refused_with_an_upgrade_path(tmp_path):
+    store = write_store(tmp_path / "old.jzt", SMALL, DIM, "enc", _produce, thumb_px=4, progress=False)
+    meta = json.loads((store / "tiles.json").read_text())
+    meta["format_version"] = 1
+    for entry in meta["files"].values():
+        del entry["block_rows"], entry["block_sha256"]
+    (store / "tiles.json").write_text(json.dumps(meta))
+    with pytest.raises(TileStoreError, match="format_version 1, this jzi reads 2 .*jzi-tiles upgrade"):
+        TileStore(store)
+    broken = tmp_path / "broken.jzt"
+    shutil.copytree(store, broken)
+    arr = np.memmap(broken / "embeddings.f16", dtype="<f2", mode="r+", shape=(273, DIM))
+    arr[7] = 3.0
+    arr.flush()
+    del arr
+    r = _cli("upgrade", broken)  # an upgrade never blesses damaged data
+    assert r.returncode == 1 and "does not match its sha256" in r.stderr and len(r.stderr.splitlines()) == 1
+    r = _cli("upgrade", store)
+    assert r.returncode == 0 and "upgraded" in r.stdout, r.stderr
+    assert verify_store(store)["ok"] and json.loads((store / "tiles.json").read_text())["format_version"] == 2
+    assert "already" in _cli("upgrade", store).stdout
+
+
+def test_build_on_imagery_that_misses_the_region_leaves_nothing(tmp_path, bundle, geotiff, monkeypatch):  # noqa: F811
+    out = tmp_path / "far.jzt"
+    r = _cli("build", "--engine", bundle, "--source", geotiff, "-o", out, "--center", "10.0,10.0")
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "does not cover the region" in r.stderr and "--center/--size-m" in r.stderr
+    assert "allow_padding" not in r.stderr
+    assert not out.exists() and not (tmp_path / "far.jzt.partial").exists()
+    # any failure before the first batch is kept leaves nothing either (here: the encoder fails)
+    from jzi.runtime.backends.onnxrt import OnnxRuntimeBackend
+
+    def broken(self, images):
+        raise RuntimeError("encoder failed")
+    monkeypatch.setattr(OnnxRuntimeBackend, "encode_views", broken)
+    with pytest.raises(RuntimeError, match="encoder failed"):
+        T.build_store(out, bundle, geotiff, backend="ort-cpu", progress=False)
+    assert not (tmp_path / "far.jzt.partial").exists()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bundle import past_names, present_names
+from ..bundle import check_graph_io, past_names, present_names
 from . import GRAPHS, Backend, BackendUnavailable, DecoderStep, graph_path, tensor_names
 
 
@@ -28,6 +28,15 @@ def default_threads() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         return max(1, os.cpu_count() or 1)
+
+
+_ORT_TYPES = {"tensor(uint8)": "uint8", "tensor(int32)": "int32", "tensor(int64)": "int64",
+              "tensor(float16)": "float16", "tensor(float)": "float32"}
+
+
+def _io(arg) -> tuple[str, list, str]:
+    """An ORT NodeArg as (name, shape, numpy dtype name) for ``check_graph_io``."""
+    return arg.name, list(arg.shape), _ORT_TYPES.get(arg.type, arg.type)
 
 
 def _providers(device: str, manifest: dict):
@@ -77,6 +86,13 @@ class OnnxRuntimeBackend(Backend):
                                                             providers=self._providers)
             except Exception as e:  # ORT raises its own exception types for bad graphs
                 raise BackendUnavailable(f"{path}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:200]})") from None
+            sess = self.sessions[graph]
+            try:
+                check_graph_io(self.manifest, graph, [_io(a) for a in sess.get_inputs()],
+                               [_io(a) for a in sess.get_outputs()], path)
+            except Exception:
+                del self.sessions[graph]
+                raise
         return self.sessions[graph]
 
     def describe(self) -> str:

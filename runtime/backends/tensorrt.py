@@ -18,7 +18,7 @@ import ctypes
 
 import numpy as np
 
-from ..bundle import past_names, present_names
+from ..bundle import check_graph_io, past_names, present_names
 from . import GRAPHS, Backend, BackendUnavailable, DecoderStep, engine_roles, graph_path
 
 
@@ -122,8 +122,12 @@ class TensorRTBackend(Backend):
 
     def engine(self, graph: str) -> _Engine:
         if graph not in self.engines:
-            self.engines[graph] = _Engine(self.trt, self.runtime, graph_path(self.bundle_dir, self.manifest,
-                                                                             self._roles[graph]))
+            path = graph_path(self.bundle_dir, self.manifest, self._roles[graph])
+            eng = _Engine(self.trt, self.runtime, path)
+            shape = eng.engine.get_tensor_shape  # -1 marks a dynamic axis
+            check_graph_io(self.manifest, graph, [(n, list(shape(n)), eng.dtypes[n].name) for n in eng.inputs],
+                           [(n, list(shape(n)), eng.dtypes[n].name) for n in eng.outputs], path)
+            self.engines[graph] = eng
             if graph != "decoder":
                 self._enc_ctx[graph] = self.engines[graph].engine.create_execution_context()
         return self.engines[graph]
