@@ -337,7 +337,7 @@ class StoreLayout:
     """What one build writes; every worker of a build (shard, Ray actor, rerun) agrees on it.
 
     The rows are cut into chunks of ``chunk_rows`` (the last one may be shorter); a chunk is the unit
-    of work, of resumption and of the per-block checksums in the index (``block_rows``).
+    of work and of resumption.
     """
 
     region: Region
@@ -504,8 +504,8 @@ def finalize_store(out) -> Path:
     for entry in files.values():
         arr = np.memmap(partial / entry["path"], dtype=_le(entry["dtype"]), mode="r", shape=tuple(entry["shape"]))
         entry["sha256"] = sha256_file(partial / entry["path"])
-        entry["block_rows"] = layout.chunk_rows
-        entry["block_sha256"] = block_digests(arr, layout.chunk_rows)
+        entry["block_rows"] = block_rows_for(arr[0].nbytes)
+        entry["block_sha256"] = block_digests(arr, entry["block_rows"])
         del arr
     region = layout.region
     index = {"format": FORMAT, "format_version": FORMAT_VERSION,
@@ -651,6 +651,7 @@ def build_store(out, bundle_dir, source, *, backend: str = "auto", threads: int 
     manifest, layout = plan_build(bundle_dir, dtype=dtype, thumb_px=thumb_px, chunk_rows=chunk_rows, region=region,
                                   source=source)
     src = open_source(source)
+    region = layout.region
     if not src.covers(region.center, region.size_m):  # every view lies inside the level-0 view: refuse up front
         c = region.center
         raise TileStoreError(f"{source} does not cover the region, a {region.size_m / 1000:g} km square at "
