@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -121,6 +122,19 @@ def side_by_side(contenders: dict[str, tuple[str, dict]], rounds: int, baseline:
                        for name in names},
         "ratios": {name: ratio_summary(ms[name] / ms[baseline]) for name in names if name != baseline},
     }
+
+
+def peak_rss_mb() -> float:
+    """This process's resident high-water mark. VmHWM belongs to the address space exec made, unlike
+    getrusage's ru_maxrss, which a child inherits from a large parent."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def serve(server: str, params: dict) -> None:
