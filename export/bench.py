@@ -3,9 +3,14 @@
     jzi-bench latency    per-stage latency and p50/p90/p99 per preset and backend (ORT fp32/int8, PyTorch eager)
     jzi-bench reference  jzi against the authors' pipeline (render + encode every view, no KV cache), same queries
     jzi-bench kvcache    the decoder loop with the KV cache against full recompute, at 4 and 8 steps
-    jzi-bench scale      latency and peak memory against region size (4/5/6 steps at 39 m cells) next to flat retrieval
+    jzi-bench scale      latency and peak memory against region size (4/5/6 steps at 39 m cells) next to flat
+                         (exhaustive) and approximate (FAISS HNSW, IVF-PQ) retrieval
+    jzi-bench retrieval  the retrieval side of the scale suite alone: build time, memory, latency, recall@1
     jzi-bench throughput tile-store build rate and batched queries per second
     jzi-bench accuracy   synthetic test split: PyTorch vs runtime (fp32/int8, fp16 store, beam 4) vs InfoNCE retrieval
+    jzi-bench agreement  a trained model's decisive decisions under reduced precision (int8 decoder, int8 encoders)
+    jzi-bench gpu        on a CUDA machine: TensorRT engines, gpu-marked tests, ORT-CUDA / ORT-TRT / TensorRT
+                         latency and throughput, one JSON + Markdown table naming the card
 
 Each suite prints a table; ``--json`` writes every figure with the machine and versions, ``--plots``
 draws PNGs. Models without ``--checkpoint`` have random weights (fine for speed and memory, say nothing
@@ -33,8 +38,11 @@ SUITES = {
     "reference": "bench_reference:suite_reference",
     "kvcache": "bench_kvcache:suite_kvcache",
     "scale": "bench_scale:suite_scale",
+    "retrieval": "bench_scale:suite_retrieval",
     "throughput": "bench_throughput:suite_throughput",
     "accuracy": "bench_accuracy:suite_accuracy",
+    "agreement": "bench_agreement:suite_agreement",
+    "gpu": "bench_gpu:suite_gpu",
 }
 
 
@@ -140,9 +148,12 @@ def parse_args(argv=None):
     p.add_argument("--queries", type=int, default=20, help="queries per configuration (default 20)")
     p.add_argument("--repeats", type=int, default=20, help="repeats for micro-benchmarks (default 20)")
     p.add_argument("--build-batch", type=int, default=16, help="views per batch for the build-rate figure")
+    p.add_argument("--ann-steps", type=int, nargs="+", metavar="S",
+                   help="retrieval suite: region sizes as zoom steps (default 4 5 6 = 10/40/160 km)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="compute threads (default: all cores)")
     p.add_argument("--workdir", default="bench-out", help="where artifacts are cached (default bench-out/)")
     p.add_argument("--json", metavar="FILE", help="write all figures as JSON")
+    p.add_argument("--markdown", metavar="FILE", help="gpu suite: also write its Markdown table here")
     p.add_argument("--plots", metavar="DIR", help="write PNG plots into DIR")
     p.add_argument("--worker", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -86,7 +86,8 @@ def side_by_side(contenders: dict[str, tuple[str, dict]], rounds: int, baseline:
     """Measure ``contenders`` {name: (server, params)} for ``rounds`` rounds, one process each.
 
     Returns {"contenders": {name: {"ms": [per round], "p50": .., "runs": [raw dicts], "info": ..}},
-    "ratios": {name: ratio_summary of ms[name] / ms[baseline] per round}, "baseline", "load": [before, after]}.
+    "ratios" / "speedups": {name: ratio_summary of ms[name] / ms[baseline] (resp. its inverse) per round},
+    "baseline", "load": {"before", "after"} (1/5/15-minute load averages)}.
     """
     log = log or (lambda msg: None)
     names = list(contenders)
@@ -121,6 +122,7 @@ def side_by_side(contenders: dict[str, tuple[str, dict]], rounds: int, baseline:
                               "ms": ms[name].tolist(), "runs": runs[name], "info": workers[name].info}
                        for name in names},
         "ratios": {name: ratio_summary(ms[name] / ms[baseline]) for name in names if name != baseline},
+        "speedups": {name: ratio_summary(ms[baseline] / ms[name]) for name in names if name != baseline},
     }
 
 

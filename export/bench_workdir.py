@@ -33,13 +33,15 @@ class Workdir:
             save_checkpoint(JustZoomIn(cfg), path)
         return path
 
-    def bundle(self, checkpoint: Path, precision: str) -> Path:
-        out = self.root / f"{checkpoint.stem}-{precision}"
+    def bundle(self, checkpoint: Path, precision: str, decoder_precision: str = "fp32") -> Path:
+        out = self.root / (f"{checkpoint.stem}-{precision}" + ("" if decoder_precision == "fp32" else
+                                                               f"-{decoder_precision}dec"))
         if not (out / "manifest.json").exists():
             from .onnx_export import ParitySettings, export_bundle
 
-            self.log(f"exporting {checkpoint.name} ({precision}) ...")
+            self.log(f"exporting {checkpoint.name} ({precision}, {decoder_precision} decoder) ...")
             export_bundle(checkpoint, out, precision=precision, force=True, threads=self.threads,
+                          decoder_precision=decoder_precision,
                           parity=ParitySettings(images=1, rollouts=20, end_to_end=2))
         return out
 
