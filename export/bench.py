@@ -1,6 +1,7 @@
 """``jzi-bench``: latency suites, side by side with the baselines jzi is meant to beat.
 
     jzi-bench latency    per-stage latency and p50/p90/p99 per preset and backend (ORT fp32/int8, PyTorch eager)
+    jzi-bench decoder    the zoom loop alone with the fp32 and the int8 decoder, side by side (step ms, loop's own work)
     jzi-bench reference  jzi against the authors' pipeline (render + encode every view, no KV cache), same queries
     jzi-bench kvcache    the decoder loop with the KV cache against full recompute, at 4 and 8 steps
     jzi-bench scale      latency and peak memory against region size (4/5/6 steps at 39 m cells) next to flat
@@ -35,6 +36,7 @@ PRESET_CHOICES = ("tiny", "small", "official")
 # suite name -> "module:function" (imported only when the suite runs); each suite lives in its own file
 SUITES = {
     "latency": "bench_latency:suite_latency",
+    "decoder": "bench_latency:suite_decoder",
     "reference": "bench_reference:suite_reference",
     "kvcache": "bench_kvcache:suite_kvcache",
     "scale": "bench_scale:suite_scale",

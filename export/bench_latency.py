@@ -113,3 +113,30 @@ def suite_latency(args, wd: Workdir) -> list[dict]:
         rows.append({"preset": preset, "backend": "torch-eager fp32",
                      **run_torch_eager(ckpt, store, photos, args.threads)})
     return rows
+
+
+def suite_decoder(args, wd: Workdir) -> list[dict]:
+    """The zoom loop alone (fixed street embedding, no encoder) with the fp32 and the int8 decoder, side by
+    side in separate processes: per-step decoder time and the loop's own work (everything but the steps)."""
+    from .bench_harness import side_by_side
+    from .bench_reference import jzi_contender
+
+    rows = []
+    for preset in args.presets:
+        ckpt = Path(args.checkpoint) if args.checkpoint else wd.checkpoint(preset)
+        store = wd.random_store(wd.bundle(ckpt, "fp32"))
+        photos = wd.photos(1)
+        contenders = {f"{dec} decoder": jzi_contender(wd.bundle(ckpt, "int8", dec), store, photos, args.threads,
+                                                      mode="zoom") for dec in ("fp32", "int8")}
+        res = side_by_side(contenders, rounds=args.repeats, baseline="fp32 decoder", threads=args.threads,
+                           log=wd.log)
+        row = {"preset": preset, "rounds": args.repeats, "load": res["load"],
+               "int8 / fp32 zoom time": res["ratios"]["int8 decoder"]}
+        for name, c in res["contenders"].items():
+            steps = np.array([r["decoder_steps_ms"] for r in c["runs"]])
+            row[f"{name} zoom_ms p50"] = c["p50_ms"]
+            row[f"{name} step_ms median"] = [float(x) for x in np.median(steps, axis=0)]
+            row[f"{name} step_ms best"] = [float(x) for x in steps.min(axis=0)]
+            row[f"{name} loop_own_ms median"] = float(np.median([r["loop_own_ms"] for r in c["runs"]]))
+        rows.append(row)
+    return rows
