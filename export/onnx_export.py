@@ -429,8 +429,9 @@ def _decoder_rollouts(session, model: JustZoomIn, n: int, seed: int) -> dict:
     ref_paths, ref_logits = greedy_from_embeddings(model.decoder, torch.from_numpy(query),
                                                    lambda p: torch.from_numpy(view_fn(p.numpy())), cfg.steps)
     ref_paths, ref_logits = ref_paths.numpy(), ref_logits.numpy()
+    same_prefix = _same_prefix(got_paths, ref_paths)  # an int8 decoder may leave PyTorch's path
     return {**_path_figures(got_paths, ref_paths), **_decisive_figures(got_paths, ref_paths, ref_logits),
-            "logits": _diff(got_logits[_same_prefix(got_paths, ref_paths)], ref_logits[_same_prefix(got_paths, ref_paths)])}
+            "logits": _diff(got_logits[same_prefix], ref_logits[same_prefix])}
 
 
 def decisive_rollouts(ref_logits: np.ndarray, gap: float = DECISIVE_GAP) -> np.ndarray:
