@@ -394,13 +394,14 @@ def test_official_preset_exports_in_time_and_memory(tmp_path):
 
 # ---------------------------------------------------------------------------------------------
 # the int8 decoder (jzi-export --decoder-precision int8)
-def test_int8_decoder_bundle_runs_close_to_fp32(bundles, checkpoint, tmp_path):
+def test_int8_decoder_bundle_runs_close_to_fp32(rt_base, checkpoint, tmp_path):  # noqa: F811
+    fp32 = make_bundle(rt_base, "fp32")
     out, man = E.export_bundle(checkpoint, tmp_path / "int8dec", decoder_precision="int8", threads=1)
     assert man["decoder"]["precision"] == "int8" and man["precision"] == "fp32"
     assert "MatMulNBits" in man["precision_notes"]
     ops = {n.op_type for n in onnx.load(out / "decoder.onnx").graph.node}
     assert "MatMulNBits" in ops
-    assert (out / "decoder.onnx").stat().st_size < 0.5 * (bundles["fp32"] / "decoder.onnx").stat().st_size
+    assert (out / "decoder.onnx").stat().st_size < 0.5 * (fp32 / "decoder.onnx").stat().st_size
     gates = man["parity"]["gates"]
     assert gates["decoder_decisive_path_agreement"] == E.DECODER_INT8_MIN_AGREEMENT
     assert "decoder_path_agreement" not in gates  # the exact gate is the fp32 decoder's
@@ -409,7 +410,7 @@ def test_int8_decoder_bundle_runs_close_to_fp32(bundles, checkpoint, tmp_path):
     specs = E.tensor_specs(cfg)["decoder"]
     feeds = {s["name"]: t.numpy() for s, t in zip(specs["inputs"], E.example_inputs(specs, batch=8, seed=3))}
     got = E.ort_session(out / "decoder.onnx", threads=1).run(["logits"], feeds)[0]
-    want = E.ort_session(bundles["fp32"] / "decoder.onnx", threads=1).run(["logits"], feeds)[0]
+    want = E.ort_session(fp32 / "decoder.onnx", threads=1).run(["logits"], feeds)[0]
     assert 0 < np.abs(got - want).max() < E.DECODER_INT8_MAX_ABS
 
 
