@@ -28,7 +28,7 @@ import numpy as np
 
 
 def random_checkpoint(preset: str, folder: Path) -> Path:
-    from jzi.export.bench import Workdir
+    from jzi.export.bench_workdir import Workdir
 
     return Workdir(folder, threads=1).checkpoint(preset)
 

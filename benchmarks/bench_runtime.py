@@ -8,7 +8,7 @@
 Each section prints a JSON record (also written to WORK/bench_runtime_<section>.json). Official-size
 bundles are exported with random weights (the overhead and memory figures do not depend on the
 weights); stores are filled with random embeddings (6 steps: a 160 km region, about 1.7 GB). The
-random-weight artefacts come from ``jzi.export.bench.Workdir``, so jzi-bench and this script share
+random-weight artefacts come from ``jzi.export.bench_workdir.Workdir``, so jzi-bench and this script share
 them when given the same folder (``--work`` here, ``--workdir`` there).
 """
 from __future__ import annotations
@@ -123,7 +123,7 @@ def bench_parity(demo: Path, work: Path) -> dict:
 # the official preset with random weights: artefacts shared with jzi-bench (same --work folder)
 # ---------------------------------------------------------------------------------------------
 def workdir(work: Path, threads: int):
-    from jzi.export.bench import Workdir
+    from jzi.export.bench_workdir import Workdir
 
     return Workdir(work, threads, log=lambda s: print("   " + s, flush=True))
 
@@ -138,7 +138,7 @@ def official(wd, steps: int = 4) -> tuple[Path, Path]:
 
 
 def bench_overhead(wd, work: Path, queries: int, loops: int, threads: int) -> dict:
-    from jzi.export.bench import run_localizer
+    from jzi.export.bench_latency import run_localizer
 
     bundle, store = official(wd)
     full = run_localizer(bundle, store, wd.photos(queries), threads)
@@ -171,7 +171,7 @@ def jzi_run_peak_rss_mb(args: list[str]) -> float:
     VmHWM is the process's own high-water mark; ru_maxrss of a child can carry its parent's figure.
     """
     code = ("import sys\nfrom jzi.runtime.run_cli import main\nrc = main(sys.argv[1:])\n"
-            "from jzi.export.bench import peak_rss_mb\n"  # after the run: it must not count
+            "from jzi.export.bench_harness import peak_rss_mb\n"  # after the run: it must not count
             "print('VMHWM_MB', peak_rss_mb(), rc, file=sys.stderr)\n")
     out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
     line = [ln for ln in out.stderr.splitlines() if ln.startswith("VMHWM_MB")]

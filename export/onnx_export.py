@@ -12,7 +12,9 @@ resampled once in PyTorch by ``Encoder.freeze_position_embeddings``). Only the b
 
 Precisions: fp32; fp16 encoders for GPUs (LayerNorm, Softmax and other reductions kept fp32; uint8
 in, float32 out); int8 encoders for CPUs (ONNX Runtime dynamic quantisation of the MatMuls). The
-decoder is always fp32: it is ~1/1000 of the work and its argmax decides the path.
+decoder is fp32 unless ``decoder_precision="int8"`` (``jzi-export --decoder-precision int8``): int8
+weights cut the bytes a batch-1 step streams 4x; its argmax decides the path, so it is gated on
+decisive rollouts (below) and measured on a trained model (benchmarks/RESULTS.md).
 """
 from __future__ import annotations
 
@@ -41,6 +43,7 @@ from .config import ModelConfig
 from .model import IMAGENET_MEAN, IMAGENET_STD, JustZoomIn, greedy_from_embeddings, normalize, split_street
 
 PRECISIONS = ("fp32", "fp16", "int8")
+DECODER_PRECISIONS = ("fp32", "int8")
 DEFAULT_OPSET = 18  # the dynamo exporter's native opset (native LayerNormalization from 17)
 MIN_OPSET = 18  # measured: converting down to 17 fails for the street encoder (ReduceMean axes)
 MAX_EXPORT_BATCH = 4096  # upper bound of the dynamic batch axis as seen by the exporter
@@ -57,6 +60,11 @@ FP32_MAX_REL = 1e-4
 # With no decisive rollout the agreement gate has nothing to judge and is recorded as not applied.
 QUANTIZED_MIN_AGREEMENT = 0.75
 DECISIVE_GAP = 0.1
+# An int8 decoder sees the exact fp32 embeddings, so its decisive greedy rollouts (random query and
+# view embeddings through the decoder alone) must nearly all match; its logits must stay close in
+# absolute terms (a scrambled weight moves them by whole units).
+DECODER_INT8_MIN_AGREEMENT = 0.995
+DECODER_INT8_MAX_ABS = 0.25
 
 
 class ExportError(RuntimeError):
@@ -256,6 +264,28 @@ def to_int8(proto: onnx.ModelProto, workdir: Path) -> onnx.ModelProto:
         dst.unlink(missing_ok=True)
 
 
+# int8 decoder: ONNX Runtime's block-wise weight-only int8 (MatMulNBits, 8 bits, blocks of 32) with
+# int8 compute (accuracy_level 4). Measured against dynamic int8 (MatMulInteger) and 4 bits on the
+# official decoder (benchmarks/RESULTS.md, "Performance (issue 14)").
+DECODER_INT8_BLOCK = 32
+DECODER_INT8_ACCURACY_LEVEL = 4
+
+
+def to_int8_decoder(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """int8 weights for every MatMul with a constant weight (projections, SwiGLU, head)."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    config = DefaultWeightOnlyQuantConfig(block_size=DECODER_INT8_BLOCK, is_symmetric=True, bits=8,
+                                          accuracy_level=DECODER_INT8_ACCURACY_LEVEL)
+    logging.disable(logging.INFO)  # the quantiser logs every node it visits
+    try:
+        quantizer = MatMulNBitsQuantizer(proto, algo_config=config)
+        quantizer.process()
+        return quantizer.model.model
+    finally:
+        logging.disable(logging.NOTSET)
+
+
 def encoder_id(model: JustZoomIn) -> str:
     """sha256 of the encoder weights (sorted keys, fp32 bytes) and its input geometry; precision-free."""
     h = hashlib.sha256()
@@ -383,7 +413,29 @@ def _decoder_rollouts(session, model: JustZoomIn, n: int, seed: int) -> dict:
     got_paths, got_logits = ort_greedy(session, query, view_fn, cfg)
     ref_paths, ref_logits = greedy_from_embeddings(model.decoder, torch.from_numpy(query),
                                                    lambda p: torch.from_numpy(view_fn(p.numpy())), cfg.steps)
-    return {**_path_figures(got_paths, ref_paths.numpy()), "logits": _diff(got_logits, ref_logits.numpy())}
+    ref_paths, ref_logits = ref_paths.numpy(), ref_logits.numpy()
+    same_prefix = _same_prefix(got_paths, ref_paths)  # an int8 decoder may leave PyTorch's path
+    return {**_path_figures(got_paths, ref_paths), **_decisive_figures(got_paths, ref_paths, ref_logits),
+            "logits": _diff(got_logits[same_prefix], ref_logits[same_prefix])}
+
+
+def decisive_rollouts(ref_logits: np.ndarray, gap: float = DECISIVE_GAP) -> np.ndarray:
+    """[B] bool: the reference's best cell leads the runner-up by >= ``gap`` in probability at every step."""
+    top2 = np.sort(torch.softmax(torch.from_numpy(np.asarray(ref_logits)), -1).numpy(), axis=-1)[..., -2:]
+    return ((top2[..., 1] - top2[..., 0]) >= gap).all(axis=1)
+
+
+def _decisive_figures(got_paths: np.ndarray, ref_paths: np.ndarray, ref_logits: np.ndarray) -> dict:
+    decisive = decisive_rollouts(ref_logits)
+    same = (got_paths == ref_paths).all(axis=1)
+    return {"decisive_queries": int(decisive.sum()),
+            "decisive_path_agreement": float(same[decisive].mean()) if decisive.any() else None}
+
+
+def _same_prefix(got_paths: np.ndarray, ref_paths: np.ndarray) -> np.ndarray:
+    """[B, S] bool: step k of both rollouts saw the same views (logits are comparable only there)."""
+    n = len(ref_paths)
+    return np.concatenate([np.ones((n, 1), bool), np.cumprod(got_paths == ref_paths, axis=1)[:, :-1] > 0], 1)
 
 
 def synthetic_streets(n: int, cfg: ModelConfig, seed: int) -> np.ndarray:
@@ -412,19 +464,14 @@ def _end_to_end(street: np.ndarray, query: np.ndarray, view_session, decoder_ses
         model.decoder, ref_query, lambda p: view_module(torch.from_numpy(views(p.numpy()))), cfg.steps)
     ref_paths, ref_logits = ref_paths.numpy(), ref_logits.numpy()
     final_cell = float((got_paths == ref_paths).all(axis=1).mean())  # same path <=> same final cell
-    top2 = np.sort(torch.softmax(torch.from_numpy(ref_logits), -1).numpy(), axis=-1)[..., -2:]
-    decisive = ((top2[..., 1] - top2[..., 0]) >= DECISIVE_GAP).all(axis=1)
-    same = (got_paths == ref_paths).all(axis=1)
-    # logits are comparable only while both rollouts have seen the same views
-    same_prefix = np.concatenate([np.ones((n, 1), bool), np.cumprod(got_paths == ref_paths, axis=1)[:, :-1] > 0], 1)
+    same_prefix = _same_prefix(got_paths, ref_paths)
     return {**_path_figures(got_paths, ref_paths), "final_cell_agreement": final_cell,
-            "decisive_queries": int(decisive.sum()),
-            "decisive_path_agreement": float(same[decisive].mean()) if decisive.any() else None,
+            **_decisive_figures(got_paths, ref_paths, ref_logits),
             "logits": _diff(got_logits[same_prefix], ref_logits[same_prefix])}
 
 
 def check_parity(paths: dict, model: JustZoomIn, precision: str, settings: ParitySettings = ParitySettings(),
-                 threads: int | None = None) -> dict:
+                 threads: int | None = None, decoder_precision: str = "fp32") -> dict:
     """Run the exported graphs (``paths[graph]``) against PyTorch; returns figures and ``passed``/``failures``.
 
     One encoder session at a time: the street encoder's work (its parity and the end-to-end queries)
@@ -453,39 +500,54 @@ def check_parity(paths: dict, model: JustZoomIn, precision: str, settings: Parit
         "decoder_rollouts": _decoder_rollouts(decoder_session, model, settings.rollouts, settings.seed),
         "end_to_end": _end_to_end(street, query, view_session, decoder_session, model, settings.seed),
     }
-    failures = parity_failures(figures, precision)
-    figures["gates"] = {"fp32_max_rel": FP32_MAX_REL, "decoder_path_agreement": 1.0}
-    if precision == "fp32":
-        figures["gates"]["end_to_end_path_agreement"] = 1.0
+    failures = parity_failures(figures, precision, decoder_precision)
+    exact = precision == "fp32" and decoder_precision == "fp32"
+    gates = figures["gates"] = {"fp32_max_rel": FP32_MAX_REL}
+    if decoder_precision == "fp32":
+        gates["decoder_path_agreement"] = 1.0
     else:
-        figures["gates"].update(end_to_end_decisive_path_agreement=QUANTIZED_MIN_AGREEMENT,
-                                decisive_gap=DECISIVE_GAP,
-                                decisive_gate_applied=figures["end_to_end"]["decisive_queries"] > 0)
+        gates.update(decoder_decisive_path_agreement=DECODER_INT8_MIN_AGREEMENT, decoder_max_abs=DECODER_INT8_MAX_ABS,
+                     decoder_decisive_gate_applied=figures["decoder_rollouts"]["decisive_queries"] > 0)
+    if exact:
+        gates["end_to_end_path_agreement"] = 1.0
+    else:
+        gates.update(end_to_end_decisive_path_agreement=QUANTIZED_MIN_AGREEMENT, decisive_gap=DECISIVE_GAP,
+                     decisive_gate_applied=figures["end_to_end"]["decisive_queries"] > 0)
     figures["passed"] = not failures
     figures["failures"] = failures
     return figures
 
 
-def parity_failures(fig: dict, precision: str) -> list[str]:
-    """The gates: every figure finite; the decoder (always fp32) exact; the encoders by precision."""
+def parity_failures(fig: dict, precision: str, decoder_precision: str = "fp32") -> list[str]:
+    """The gates: every figure finite; an fp32 decoder exact, an int8 one close and on PyTorch's decisive
+    paths; the encoders by precision."""
     failures = []
     checks = {"view_encoder": fig["view_encoder"], "street_encoder": fig["street_encoder"],
               "decoder_step.logits": fig["decoder_step"]["logits"], "decoder_step.present": fig["decoder_step"]["present"],
               "decoder_rollouts.logits": fig["decoder_rollouts"]["logits"], "end_to_end.logits": fig["end_to_end"]["logits"]}
-    moved_by_encoder_precision = {"view_encoder", "street_encoder", "end_to_end.logits"}
+    encoder_checks = {"view_encoder", "street_encoder"}
     for name, d in checks.items():
-        strict = precision == "fp32" or name not in moved_by_encoder_precision
+        moved = ((precision != "fp32" and name in encoder_checks | {"end_to_end.logits"})
+                 or (decoder_precision != "fp32" and name not in encoder_checks))
         if not d["finite"]:
             failures.append(f"{name}: NaN or Inf in the ONNX output")
-        elif strict and d["max_rel"] > FP32_MAX_REL:
+        elif not moved and d["max_rel"] > FP32_MAX_REL:
             failures.append(f"{name}: relative difference {d['max_rel']:.2e} > {FP32_MAX_REL:.0e}")
-    if fig["decoder_rollouts"]["path_agreement"] < 1.0:
-        failures.append(f"decoder_rollouts: greedy paths differ on "
-                        f"{1 - fig['decoder_rollouts']['path_agreement']:.1%} of queries")
+        elif (decoder_precision != "fp32" and name.startswith("decoder_") and name != "decoder_step.present"
+              and d["max_abs"] > DECODER_INT8_MAX_ABS):
+            failures.append(f"{name}: int8 decoder moves logits by {d['max_abs']:.2f} > {DECODER_INT8_MAX_ABS}")
+    rollouts = fig["decoder_rollouts"]
+    if decoder_precision == "fp32" and rollouts["path_agreement"] < 1.0:
+        failures.append(f"decoder_rollouts: greedy paths differ on {1 - rollouts['path_agreement']:.1%} of queries")
+    elif (decoder_precision != "fp32" and rollouts["decisive_queries"]
+          and rollouts["decisive_path_agreement"] < DECODER_INT8_MIN_AGREEMENT):
+        failures.append(f"decoder_rollouts: {rollouts['decisive_path_agreement']:.1%} of {rollouts['decisive_queries']} "
+                        f"decisive rollouts take PyTorch's path with the int8 decoder (< {DECODER_INT8_MIN_AGREEMENT:.1%})")
     e2e = fig["end_to_end"]
-    if precision == "fp32" and e2e["path_agreement"] < 1.0:
+    if precision == "fp32" and decoder_precision == "fp32" and e2e["path_agreement"] < 1.0:
         failures.append(f"end_to_end: paths differ on {1 - e2e['path_agreement']:.1%} of queries")
-    elif precision != "fp32" and e2e["decisive_queries"] and e2e["decisive_path_agreement"] < QUANTIZED_MIN_AGREEMENT:
+    elif (precision, decoder_precision) != ("fp32", "fp32") and e2e["decisive_queries"] \
+            and e2e["decisive_path_agreement"] < QUANTIZED_MIN_AGREEMENT:
         failures.append(f"end_to_end: {e2e['decisive_path_agreement']:.1%} of {e2e['decisive_queries']} decisive "
                         f"rollouts take PyTorch's path (< {QUANTIZED_MIN_AGREEMENT:.0%})")
     return failures
@@ -583,17 +645,21 @@ def _jzi_version() -> str:
 
 
 def build_manifest(model: JustZoomIn, precision: str, source: dict, parity: dict, opset: int,
-                   seconds: float) -> dict:
+                   seconds: float, decoder_precision: str = "fp32") -> dict:
     """Every key of the bundle contract except ``files`` (added once the files are final)."""
     import onnxruntime as ort
 
     cfg = model.cfg
     precision_notes = {
-        "fp32": "encoders and decoder fp32",
-        "fp16": f"encoders fp16 with uint8 input and float32 output; kept fp32: {', '.join(FP16_KEEP_FP32)}; "
-                "decoder fp32",
+        "fp32": "encoders fp32",
+        "fp16": f"encoders fp16 with uint8 input and float32 output; kept fp32: {', '.join(FP16_KEEP_FP32)}",
         "int8": f"encoders: ONNX Runtime dynamic int8 MatMuls (per_channel={INT8_PER_CHANNEL}, "
-                f"reduce_range={INT8_REDUCE_RANGE}); decoder fp32",
+                f"reduce_range={INT8_REDUCE_RANGE})",
+    }
+    decoder_notes = {
+        "fp32": "decoder fp32",
+        "int8": f"decoder: ONNX Runtime MatMulNBits int8 weights (blocks of {DECODER_INT8_BLOCK}, "
+                f"accuracy_level {DECODER_INT8_ACCURACY_LEVEL}); inputs, outputs and KV cache float32",
     }
     return {
         "format": B.FORMAT,
@@ -611,9 +677,9 @@ def build_manifest(model: JustZoomIn, precision: str, source: dict, parity: dict
         "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
                           "layout": "NHWC uint8 RGB, normalised in graph"},
         "precision": precision,
-        "precision_notes": precision_notes[precision],
+        "precision_notes": f"{precision_notes[precision]}; {decoder_notes[decoder_precision]}",
         "decoder": {"layers": cfg.dec_layers, "heads": cfg.dec_heads, "head_dim": cfg.head_dim,
-                    "cache_len": cfg.cache_len},
+                    "cache_len": cfg.cache_len, "precision": decoder_precision},
         "tensors": tensor_specs(cfg),
         "source_checkpoint": source,
         "encoder_id": encoder_id(model),
@@ -628,7 +694,7 @@ def build_manifest(model: JustZoomIn, precision: str, source: dict, parity: dict
 def export_bundle(checkpoint, out=None, *, preset: str | None = None, precision: str = "fp32",
                   opset: int = DEFAULT_OPSET, force: bool = False, trt: bool = False,
                   trt_max_batch: int | None = None, parity: ParitySettings | None = None,
-                  threads: int | None = None, log=None) -> tuple[Path, dict]:
+                  threads: int | None = None, decoder_precision: str = "fp32", log=None) -> tuple[Path, dict]:
     """Checkpoint -> bundle directory. Returns (bundle path, manifest). Raises ExportError/CheckpointError.
 
     Nothing is left behind on failure: all files go to a hidden staging directory beside ``out``
@@ -637,6 +703,11 @@ def export_bundle(checkpoint, out=None, *, preset: str | None = None, precision:
     log = log or (lambda msg: None)
     if precision not in PRECISIONS:
         raise ExportError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
+    if decoder_precision not in DECODER_PRECISIONS:
+        raise ExportError(f"--decoder-precision {decoder_precision}: choose one of {', '.join(DECODER_PRECISIONS)}")
+    if trt and decoder_precision != "fp32":
+        raise ExportError("the int8 decoder (MatMulNBits) runs on ONNX Runtime's CPU provider only; TensorRT engines "
+                          "are built from bundles with an fp32 decoder")
     if opset < MIN_OPSET:
         raise ExportError(f"--opset {opset}: jzi exports opset {MIN_OPSET} or newer")
     out = Path(out) if out is not None else default_output(checkpoint, precision)
@@ -659,20 +730,23 @@ def export_bundle(checkpoint, out=None, *, preset: str | None = None, precision:
                 proto = to_fp16(proto)
             elif graph != "decoder" and precision == "int8":
                 proto = to_int8(proto, staging)
+            elif graph == "decoder" and decoder_precision == "int8":
+                proto = to_int8_decoder(proto)
             paths[graph] = staging / f"{graph}.onnx"
             onnx.save(proto, paths[graph])
             del proto
             onnx.checker.check_model(str(paths[graph]))
         log("checking parity with PyTorch")
         settings = parity or default_parity(model.cfg)
-        figures = check_parity(paths, model, precision, settings, threads)
+        figures = check_parity(paths, model, precision, settings, threads, decoder_precision)
         if not figures["passed"]:
             raise ExportError(f"parity check failed ({precision}): {'; '.join(figures['failures'])}")
         epoch = info["epoch"]
         epoch = epoch.item() if isinstance(epoch, torch.Tensor) and epoch.numel() == 1 else epoch
         source = {"name": Path(checkpoint).name, "sha256": info["sha256"], "format": info["format"],
                   "epoch": epoch if isinstance(epoch, (int, float)) else None}
-        manifest = build_manifest(model, precision, source, figures, opset, time.perf_counter() - start)
+        manifest = build_manifest(model, precision, source, figures, opset, time.perf_counter() - start,
+                                  decoder_precision)
         for graph, path in paths.items():
             set_metadata(path, manifest, graph)
         manifest["files"] = {graph: file_entry(staging, path.name) for graph, path in paths.items()}

@@ -169,6 +169,9 @@ def build_engines(bundle_dir, max_batch: int | None = None, log=None) -> dict:
     bundle_dir = Path(bundle_dir)
     manifest = B.load_manifest(bundle_dir)
     check_can_build(manifest["precision"])
+    if manifest["decoder"].get("precision", "fp32") != "fp32":
+        raise ExportError(f"{bundle_dir}: its int8 decoder (MatMulNBits) runs on ONNX Runtime's CPU provider only; "
+                          "build engines from a bundle exported with --decoder-precision fp32")
     trt = import_tensorrt()
     device = cuda_device()
     logger = trt.Logger(trt.Logger.WARNING)

@@ -23,8 +23,9 @@ At step k the graph appends tokens [g, s0] (k = 0) or [embed(prev_action), s_k] 
 ``manifest.json`` keys: format ("jzi-bundle"), format_version, jzi_version, created, model (the
 ModelConfig dict), region (a Region dict), grid, steps, n_actions, width, image_size,
 street_size [H, W], normalization {mean, std, layout: "NHWC uint8 RGB, normalised in graph"},
-precision (fp32 | fp16 | int8; the precision of the encoders, the decoder always runs fp32),
-decoder {layers, heads, head_dim, cache_len}, tensors {graph: {inputs: [...], outputs: [...]}}
+precision (fp32 | fp16 | int8; the precision of the encoders), decoder {layers, heads, head_dim,
+cache_len, precision (fp32 | int8: int8 weights, MatMulNBits, CPU only; absent in older bundles = fp32)}
+(the decoder's inputs, outputs and KV cache are float32 either way), tensors {graph: {inputs: [...], outputs: [...]}}
 each entry {name, shape (ints or axis names), dtype}, files {role: {path, sha256, bytes}},
 source_checkpoint {name, sha256}, encoder_id (identifies the encoder weights, precision-free: a
 tile store made by any precision of the same weights fits), parity {...}, tensorrt {...} optional.

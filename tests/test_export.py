@@ -124,7 +124,7 @@ def test_manifest_records_the_contract(bundles, checkpoint):
         assert (man["grid"], man["steps"], man["n_actions"], man["width"]) == (4, 4, 16, cfg.width)
         assert man["image_size"] == cfg.image_size and man["street_size"] == [cfg.image_size, 2 * cfg.image_size]
         assert man["decoder"] == {"layers": cfg.dec_layers, "heads": cfg.dec_heads, "head_dim": cfg.head_dim,
-                                  "cache_len": cfg.cache_len}
+                                  "cache_len": cfg.cache_len, "precision": "fp32"}
         assert man["normalization"]["mean"] == [0.485, 0.456, 0.406]
         assert man["source_checkpoint"]["sha256"] == sha256_file(checkpoint)
         assert man["tensorrt"]["engines"] is None  # no --trt: recorded, not an error
@@ -178,7 +178,7 @@ def test_precisions_change_only_the_encoders(bundles):
         inits = {t.name: t.data_type for t in proto.graph.initializer}
         scales = [n.input[1] for n in proto.graph.node if n.op_type == "LayerNormalization"]
         assert scales and all(inits.get(s, onnx.TensorProto.FLOAT) == onnx.TensorProto.FLOAT for s in scales)
-    for precision in PRECISIONS:  # the decoder is always fp32
+    for precision in PRECISIONS:  # the decoder stays fp32 unless --decoder-precision int8
         assert "MatMulInteger" not in ops(bundles[precision], "decoder")
         assert float16_weights(bundles[precision], "decoder") == 0
 
@@ -390,3 +390,51 @@ def test_official_preset_exports_in_time_and_memory(tmp_path):
     assert man["parity"]["passed"] and man["parity"]["decoder_rollouts"]["path_agreement"] == 1.0
     assert seconds < 180, seconds
     assert peak_gb < 4.0, peak_gb
+
+
+# ---------------------------------------------------------------------------------------------
+# the int8 decoder (jzi-export --decoder-precision int8)
+def test_int8_decoder_bundle_runs_close_to_fp32(rt_base, checkpoint, tmp_path):  # noqa: F811
+    fp32 = make_bundle(rt_base, "fp32")
+    out, man = E.export_bundle(checkpoint, tmp_path / "int8dec", decoder_precision="int8", threads=1)
+    assert man["decoder"]["precision"] == "int8" and man["precision"] == "fp32"
+    assert "MatMulNBits" in man["precision_notes"]
+    ops = {n.op_type for n in onnx.load(out / "decoder.onnx").graph.node}
+    assert "MatMulNBits" in ops
+    assert (out / "decoder.onnx").stat().st_size < 0.5 * (fp32 / "decoder.onnx").stat().st_size
+    gates = man["parity"]["gates"]
+    assert gates["decoder_decisive_path_agreement"] == E.DECODER_INT8_MIN_AGREEMENT
+    assert "decoder_path_agreement" not in gates  # the exact gate is the fp32 decoder's
+    # same step inputs through both decoders: logits within the int8 gate's bound
+    cfg = get_preset("tiny")
+    specs = E.tensor_specs(cfg)["decoder"]
+    feeds = {s["name"]: t.numpy() for s, t in zip(specs["inputs"], E.example_inputs(specs, batch=8, seed=3))}
+    got = E.ort_session(out / "decoder.onnx", threads=1).run(["logits"], feeds)[0]
+    want = E.ort_session(fp32 / "decoder.onnx", threads=1).run(["logits"], feeds)[0]
+    assert 0 < np.abs(got - want).max() < E.DECODER_INT8_MAX_ABS
+
+
+def _figures(decisive_agreement: float, logits_abs: float) -> dict:
+    ok = {"max_abs": 1e-6, "max_rel": 1e-7, "finite": True}
+    moved = {"max_abs": logits_abs, "max_rel": logits_abs / 4, "finite": True}
+    return {"view_encoder": ok, "street_encoder": ok, "decoder_step": {"logits": moved, "present": moved},
+            "decoder_rollouts": {"logits": moved, "path_agreement": 0.9, "decisive_queries": 40,
+                                 "decisive_path_agreement": decisive_agreement},
+            "end_to_end": {"logits": moved, "path_agreement": 1.0, "decisive_queries": 0,
+                           "decisive_path_agreement": None}}
+
+
+def test_int8_decoder_gates():
+    assert E.parity_failures(_figures(1.0, 0.05), "fp32", "int8") == []
+    # the same figures fail an fp32 decoder, which must be exact
+    assert E.parity_failures(_figures(1.0, 0.05), "fp32", "fp32")
+    flips = E.parity_failures(_figures(0.975, 0.05), "fp32", "int8")
+    assert len(flips) == 1 and "decisive rollouts take PyTorch's path with the int8 decoder" in flips[0]
+    scrambled = E.parity_failures(_figures(1.0, 1.5), "fp32", "int8")
+    assert any("int8 decoder moves logits by 1.50" in f for f in scrambled)
+
+
+def test_int8_decoder_and_tensorrt_are_refused_together(checkpoint, tmp_path):
+    with pytest.raises(E.ExportError, match="CPU provider only"):
+        E.export_bundle(checkpoint, tmp_path / "x", decoder_precision="int8", trt=True)
+    assert not (tmp_path / "x").exists()
