@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from jzi.runtime.extras import install_hint, missing_extras
+
 
 def _step(n: int, text: str) -> float:
     print(f"\n== [{n}/5] {text}", flush=True)
@@ -102,6 +104,10 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, help="CPU threads for training and inference (default: all cores)")
     p.add_argument("--fresh", action="store_true", help="redo every step instead of reusing earlier results")
     a = p.parse_args(argv)
+    missing = missing_extras("torch", "geo")
+    if missing:
+        print(install_hint("demo", missing), file=sys.stderr)
+        return 1
     if a.street_epochs < 1 or a.epochs < 1:
         p.error("--street-epochs and --epochs must be >= 1")
     try:

@@ -17,6 +17,7 @@ from dataclasses import replace
 
 from .backends import BACKENDS, BackendUnavailable
 from .bundle import BundleError, load_manifest
+from .extras import install_hint, missing_extras
 from .geometry import Region
 from .tiles import TileStore, TileStoreError, build_store, verify_store
 
@@ -74,6 +75,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def cmd_build(args) -> int:
+    missing = missing_extras("geo")  # every imagery format needs part of it: say so before any work
+    if missing:
+        print(install_hint("jzi-tiles build", missing), file=sys.stderr)
+        return 1
     manifest = load_manifest(args.engine)
     region = Region.from_dict(manifest["region"])
     if args.center:
