@@ -95,7 +95,7 @@ def run(out: Path, street_epochs: int, epochs: int, world_size: str, fresh: bool
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jzi.export.demo", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m jzi.export.demo", description=__doc__.split("\n\n")[0].replace("``", ""))
     p.add_argument("--out", default="demo-out", help="working folder (default demo-out)")
     p.add_argument("--street-epochs", type=int, default=8, help="epochs of the street phase (default %(default)s)")
     p.add_argument("--epochs", type=int, default=15, help="epochs of the zoom decoder (default %(default)s)")

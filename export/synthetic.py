@@ -457,7 +457,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="jzi-synth", description="Make a synthetic cross-view world and its "
                                 "train/val/test splits in the authors' dataset format.")
     p.add_argument("out", help="output folder")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed: the same seed makes the same world (default 0)")
     p.add_argument("--size", choices=sorted(SIZES), default="default",
                    help="queries per split: " + "; ".join(f"{k} {v}" for k, v in SIZES.items()))
     p.add_argument("--train", type=int, help="train queries (overrides --size)")
@@ -466,7 +466,7 @@ def main(argv=None) -> int:
     p.add_argument("--meters-per-pixel", type=float, default=WorldConfig.meters_per_pixel,
                    help="satellite raster resolution (default %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
     a = p.parse_args(argv)
     sizes = list(SIZES[a.size])
     for i, v in enumerate((a.train, a.val, a.test)):
