@@ -152,7 +152,12 @@ def run(args) -> int:
         raise ValueError("no photos given (the CSV lists none)")
     loc = Localizer(args.engine, args.tiles, backend=args.backend, threads=args.threads,
                     verify_bundle=not args.no_verify)
-    if args.viz and loc.store.pixels is None and not args.source:
+    source = None
+    if args.viz and args.source:  # opened before any photo, so a bad --source fails first
+        from .imagery import open_source
+
+        source = open_source(args.source)
+    elif args.viz and loc.store.pixels is None:
         raise ValueError("--viz needs view pixels: build the store with jzi-tiles build --thumbs PX, or pass --source")
     for line in problems:
         print(f"{PROG}: {line}", file=sys.stderr)
@@ -169,9 +174,9 @@ def run(args) -> int:
                 line = f"{q.label}  {r.latitude:.6f}, {r.longitude:.6f}"
                 line += f"  error {err:.1f} m" if err is not None else ""
                 line += f"  confidence {r.confidence:.3g}"
-                if r.candidates:
+                if r.candidates:  # the answer first, then the runners-up
                     line += "  top-{}: {}".format(len(r.candidates), "; ".join(
-                        f"{c.latitude:.6f}, {c.longitude:.6f} ({c.probability:.3f})" for c in r.candidates[1:]))
+                        f"{c.latitude:.6f}, {c.longitude:.6f} ({c.probability:.3f})" for c in r.candidates))
                 print(line, flush=True)
         pending.clear()
 
@@ -203,12 +208,11 @@ def run(args) -> int:
             + f"  median error {summary['median_error_m']:.1f} m")
     if args.geojson:
         _write_json(args.geojson, {"type": "FeatureCollection", "features": [_feature(q, r, e) for q, r, e in done]})
+        print(f"wrote {len(done)} answers to {args.geojson}", file=sys.stderr if args.json else sys.stdout)
     if args.viz and done:
-        from .imagery import open_source
         from .viz import draw_zoom, save_rgb, view_images
 
         q, r, err = done[0]
-        source = open_source(args.source) if args.source and loc.store.pixels is None else None
         views = view_images(loc.region, r.path, store=loc.store, source=source)
         caption = f"{q.label}: {r.latitude:.6f}, {r.longitude:.6f}" + (f", error {err:.1f} m" if err is not None else "")
         save_rgb(args.viz, draw_zoom(first_photo, views, loc.region, r.path, r.step_probs, q.truth, caption))

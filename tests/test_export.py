@@ -341,7 +341,7 @@ def test_cli_bad_flags(checkpoint, tmp_path):
     assert_one_error_line(run_cli(checkpoint, "--opset", "16", "-o", tmp_path / "b"), "opset")
     usage = run_cli(checkpoint, "--precision", "int4")
     assert usage.returncode == 2 and "invalid choice" in usage.stderr and "Traceback" not in usage.stderr
-    assert_one_error_line(run_cli("--trt-only", tmp_path / "nothing-here"), "not a bundle directory")
+    assert_one_error_line(run_cli("--trt-only", tmp_path / "nothing-here"), "nothing-here: does not exist")
 
 
 def test_cli_trt_without_tensorrt_is_one_line_and_writes_nothing(checkpoint, tmp_path):

@@ -77,6 +77,14 @@ def test_json_geojson_and_beams(tmp_path, dataset, bundle, store32):  # noqa: F8
     pt = geo["features"][0]
     assert pt["geometry"]["coordinates"] == pytest.approx([first["longitude"], first["latitude"]])
     assert len(pt["properties"]["candidates"]) == 3
+    assert r.stderr.strip() == f"wrote 6 answers to {gj}"  # stdout stays pure JSON
+
+    r = _run("--engine", bundle, "--tiles", store32, images / "q000_undistorted.jpg", "--beams", "3", "--geojson", gj)
+    assert r.returncode == 0, r.stderr
+    answer, wrote = r.stdout.strip().splitlines()
+    top = answer.split("top-3: ")[1].split("; ")
+    assert len(top) == 3 and answer.split("  ")[1] == top[0].split(" (")[0]  # the answer is the first of the top-3
+    assert wrote == f"wrote 1 answers to {gj}"
 
 
 def test_viz_draws_the_zoom_path(tmp_path, dataset, bundle, store16, geotiff):  # noqa: F811
@@ -84,6 +92,8 @@ def test_viz_draws_the_zoom_path(tmp_path, dataset, bundle, store16, geotiff):  
     photo = dataset / "streetview" / "images" / "q000_undistorted.jpg"
     r = _run("--engine", bundle, "--tiles", store16, photo, "--viz", out)
     assert r.returncode == 1 and "--thumbs" in r.stderr and not out.exists()  # no pixels in this store
+    r = _run("--engine", bundle, "--tiles", store16, photo, "--viz", out, "--source", tmp_path / "no.tif")
+    assert r.returncode == 1 and r.stdout == "" and "no such imagery" in r.stderr  # refused before any answer
     r = _run("--engine", bundle, "--tiles", store16, dataset / "metadata" / "test.csv", "--viz", out,
              "--source", geotiff)
     assert r.returncode == 0, r.stderr
@@ -115,7 +125,8 @@ def test_bad_photos_are_one_line_each_and_the_rest_go_on(tmp_path, dataset, bund
 
 
 @pytest.mark.parametrize("args, why", [
-    (("--engine", "NOBUNDLE", "--tiles", "STORE", "PHOTO"), "not a bundle directory"),
+    (("--engine", "NOBUNDLE", "--tiles", "STORE", "PHOTO"), "nb: does not exist"),
+    (("--engine", "PHOTO", "--tiles", "STORE", "PHOTO"), "not a bundle directory"),
     (("--engine", "BUNDLE", "--tiles", "NOSTORE", "PHOTO"), "not a tile store"),
     (("--engine", "BUNDLE", "--tiles", "STORE", "PHOTO", "--backend", "tensorrt"), "tensorrt backend not available"),
     (("--engine", "BUNDLE", "--tiles", "STORE", "PHOTO", "--beams", "0"), "--beams"),
