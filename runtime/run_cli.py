@@ -214,7 +214,8 @@ def run(args) -> int:
 
         q, r, err = done[0]
         views = view_images(loc.region, r.path, store=loc.store, source=source)
-        caption = f"{q.label}: {r.latitude:.6f}, {r.longitude:.6f}" + (f", error {err:.1f} m" if err is not None else "")
+        caption = f"{q.label}: answer {r.latitude:.6f}, {r.longitude:.6f}" + (
+            f"; truth {q.truth[0]:.6f}, {q.truth[1]:.6f}; error {err:.1f} m" if err is not None else "")
         save_rgb(args.viz, draw_zoom(first_photo, views, loc.region, r.path, r.step_probs, q.truth, caption))
         if not args.json:
             print(f"zoom path drawn to {args.viz}")

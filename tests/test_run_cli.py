@@ -98,7 +98,7 @@ def test_viz_draws_the_zoom_path(tmp_path, dataset, bundle, store16, geotiff):  
              "--source", geotiff)
     assert r.returncode == 0, r.stderr
     img = cv2.imread(str(out))
-    assert img is not None and img.shape[0] == 256 + 60 and img.shape[1] > 4 * 256
+    assert img is not None and img.shape[0] == 256 + 84 and img.shape[1] > 4 * 256
     # the chosen-cell frames are drawn in the highlight colour, the truth marker in red
     rgb = img[..., ::-1]
     assert ((rgb == (255, 210, 0)).all(-1)).sum() > 500
