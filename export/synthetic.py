@@ -347,12 +347,14 @@ class World:
 # ---- writing the dataset ---------------------------------------------------------------------------------
 def write_geotiff(world: World, path: Path) -> None:
     import rasterio
+    from affine import Affine
     from rasterio.enums import Resampling
-    from rasterio.transform import from_bounds
 
     s, n, w, e = world.bounds
+    # the pixel grid written out directly: rasterio's from_bounds builds it with a deprecated operator
+    transform = Affine((e - w) / world.px, 0.0, w, 0.0, -(n - s) / world.px, n)
     profile = dict(driver="GTiff", width=world.px, height=world.px, count=3, dtype="uint8", crs="EPSG:4326",
-                   transform=from_bounds(w, s, e, n, world.px, world.px), tiled=True, blockxsize=256,
+                   transform=transform, tiled=True, blockxsize=256,
                    blockysize=256, compress="deflate", predictor=2)
     with rasterio.open(path, "w", **profile) as ds:
         ds.write(np.moveaxis(world.image, -1, 0))

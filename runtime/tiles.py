@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -111,6 +112,7 @@ class TileStore:
                 "view_px": m["view_px"], "dim": self.dim, "total_views": self.total_views,
                 "final_cell_m": self.region.cell_size_m, "dtype": self.dtype, "encoder_id": self.encoder_id,
                 "encoder_precision": m.get("encoder_precision"), "source": m.get("source"),
+                "source_meters_per_pixel": m.get("source_meters_per_pixel"),
                 "created": m.get("created"), "levels": m["levels"], "files": files}
 
 
@@ -339,11 +341,14 @@ def view_geometry(region: Region, rows: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 def build_store(out, bundle_dir, source, *, backend: str = "auto", threads: int | None = None,
                 dtype: str = "float16", batch: int = 32, thumb_px: int = 0, region: Region | None = None,
-                force: bool = False, progress: bool = True) -> Path:
-    """Render every view of the region from ``source`` and encode it with the bundle's view encoder."""
+                force: bool = False, progress: bool = True, warn: Callable[[str], None] | None = None) -> Path:
+    """Render every view of the region from ``source`` and encode it with the bundle's view encoder.
+
+    A region the imagery does not cover is refused up front (naming one that fits); imagery coarser
+    than some levels' views is one line to ``warn`` (default: stderr), and its resolution is recorded."""
     from .backends import open_backend
     from .bundle import load_manifest
-    from .imagery import open_source
+    from .imagery import check_region_fits, coarse_imagery_warning, open_source
 
     manifest = load_manifest(bundle_dir)
     if region is None:
@@ -355,6 +360,11 @@ def build_store(out, bundle_dir, source, *, backend: str = "auto", threads: int 
         raise TileStoreError(f"the region's grid/steps {region.grid}/{region.steps} differ from the bundle's "
                              f"{manifest['grid']}/{manifest['steps']}")
     src = open_source(source)
+    check_region_fits(src, region)
+    source_mpp = src.meters_per_pixel(region.center)
+    note = coarse_imagery_warning(region, source_mpp)
+    if note:
+        (warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr)))(note)
     engine = open_backend(bundle_dir, manifest, backend=backend, threads=threads, graphs=("view_encoder",))
     px = region.view_px
 
@@ -363,6 +373,6 @@ def build_store(out, bundle_dir, source, *, backend: str = "auto", threads: int 
         views = src.render_many(centres, sizes, px)
         return engine.encode_views(views), views
 
-    meta = {"encoder_precision": manifest["precision"], "source": str(source)}
+    meta = {"encoder_precision": manifest["precision"], "source": str(source), "source_meters_per_pixel": source_mpp}
     return write_store(out, region, int(manifest["width"]), manifest["encoder_id"], produce, dtype=dtype,
                        thumb_px=thumb_px, batch=batch, meta=meta, force=force, progress=progress)

@@ -19,6 +19,7 @@ from .backends import BACKENDS, BackendUnavailable
 from .bundle import BundleError, load_manifest
 from .extras import install_hint, missing_extras
 from .geometry import Region
+from .imagery import upsampled_levels
 from .tiles import TileStore, TileStoreError, build_store, verify_store
 
 PROG = "jzi-tiles"
@@ -91,7 +92,8 @@ def cmd_build(args) -> int:
         raise TileStoreError(f"--thumbs must be between 0 and the view size {region.view_px}")
     out = build_store(args.output, args.engine, args.source, backend=args.backend, threads=args.threads,
                       dtype={"fp16": "float16", "fp32": "float32"}[args.dtype], batch=args.batch,
-                      thumb_px=args.thumbs, region=region, force=args.force, progress=not args.quiet)
+                      thumb_px=args.thumbs, region=region, force=args.force, progress=not args.quiet,
+                      warn=lambda msg: print(f"{PROG}: warning: {msg}", file=sys.stderr))
     store = TileStore(out)
     print(f"wrote {out}: {store.total_views} views x {store.dim} {store.dtype}, "
           f"{store.region.steps} steps over {store.region.size_m / 1000:g} km")
@@ -108,9 +110,17 @@ def cmd_info(args) -> int:
     print(f"  region     centre {r['center_lat']:.6f}, {r['center_lon']:.6f}; {r['size_m'] / 1000:g} km square")
     print(f"  zoom       {info['grid']}x{info['grid']} grid, {info['steps']} steps, final cell {info['final_cell_m']:.2f} m")
     print(f"  views      {info['total_views']} at {info['view_px']} px, embeddings {info['dim']} x {info['dtype']}")
+    mpp = info.get("source_meters_per_pixel")
+    upsampled = dict(upsampled_levels(Region.from_dict(r), mpp))
     for lvl in info["levels"]:
+        blur = f", upsampled {upsampled[lvl['level']]:.1f}x" if lvl["level"] in upsampled else ""
         print(f"    level {lvl['level']}: {lvl['count']:>8} views of {lvl['size_m']:g} m "
-              f"({lvl['meters_per_pixel']:.3f} m/px), rows {lvl['offset']}..{lvl['offset'] + lvl['count'] - 1}")
+              f"({lvl['meters_per_pixel']:.3f} m/px{blur}), rows {lvl['offset']}..{lvl['offset'] + lvl['count'] - 1}")
+    if mpp:
+        levels = ", ".join(str(k) for k in upsampled) or "none"
+        print(f"  imagery    {mpp:.3f} m/px; levels upsampled from coarser imagery: {levels}")
+    else:
+        print("  imagery    resolution not recorded (a store built before jzi recorded it)")
     for role, f in info["files"].items():
         print(f"  {role:<10} {f['path']} {f['dtype']} {f['shape']} ({f['bytes'] / 1e6:.1f} MB)")
     print(f"  encoder    {info['encoder_id'][:16]} ({info['encoder_precision']}), source {info['source']}")
