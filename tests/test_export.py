@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from jzi.runtime.backends import open_backend
 from jzi.runtime.bundle import GRAPHS, MANIFEST, BundleError, load_manifest, sha256_file
 from jzi.runtime.localizer import Localizer
 from jzi.runtime.tiles import write_store
+from helpers import run_main
 from runtime_fixtures import make_bundle, make_checkpoint, rt_base  # noqa: F401
 
 PRECISIONS = ("fp32", "int8", "fp16")
@@ -52,9 +52,8 @@ def bundles(rt_base, checkpoint) -> dict[str, Path]:
     return {p: make_bundle(rt_base, p) for p in PRECISIONS}
 
 
-def run_cli(*args, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "jzi.export.cli", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd, timeout=300)
+def run_cli(*args) -> subprocess.CompletedProcess:
+    return run_main("jzi.export.cli", *args)  # in this process: no torch import per call
 
 
 def assert_one_error_line(proc: subprocess.CompletedProcess, *fragments: str) -> str:

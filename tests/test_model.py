@@ -121,6 +121,7 @@ def official_ckpt(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow  # six ViT-B passes at 384 px; tests/test_checkpoint.py covers the authors' layout at tiny size
 def test_official_authors_checkpoint_matches_plain_reference(official_ckpt):
     model, info = load_checkpoint(official_ckpt)
     cfg = model.cfg
@@ -143,7 +144,7 @@ def test_official_authors_checkpoint_matches_plain_reference(official_ckpt):
     assert_close_to_scale(ours, ref)
 
 
-@pytest.mark.parametrize("preset", ["official", "tiny"])
+@pytest.mark.parametrize("preset", [pytest.param("official", marks=pytest.mark.slow), "tiny"])
 def test_kv_cache_step_equals_full_forward(preset):
     torch.manual_seed(2)
     cfg = get_preset(preset)
@@ -169,10 +170,11 @@ def _decoder_only(cfg):
     return dec
 
 
-def test_greedy_paths_agree_between_cache_and_recompute():
+@pytest.mark.parametrize("preset", [pytest.param("official", marks=pytest.mark.slow), "tiny"])
+def test_greedy_paths_agree_between_cache_and_recompute(preset):
     """The authors' evaluation loop (re-run the whole decoder each step) vs the KV-cached step."""
     torch.manual_seed(3)
-    cfg = get_preset("official")
+    cfg = get_preset(preset)
     dec = _decoder_only(cfg)
     region = Region.default()
     b, d = 64, cfg.width

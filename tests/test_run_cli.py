@@ -146,9 +146,15 @@ def test_demo_runs_end_to_end(tmp_path):
     r = subprocess.run([sys.executable, "-m", "jzi.export.demo", "--out", str(out), "--world", "tiny",
                         "--street-epochs", "1", "--epochs", "1"], capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
-    answers = [line for line in r.stdout.splitlines() if re.match(r"^test_\d+  -?[\d.]+, -?[\d.]+  error [\d.]+ m", line)]
-    assert len(answers) == 16  # every held-out photo of the tiny world, each with its error
-    assert "16 photos with truth: R@40m" in r.stdout
+    with open(out / "answers.csv", newline="") as f:
+        answers = list(csv.DictReader(f))
+    assert len(answers) == 16 and all(float(a["error_m"]) >= 0 for a in answers)  # every held-out photo
+    summary = r.stdout[r.stdout.index("Results on 16 held-out test photos"):]
+    for row in ("answer within 40 m (R@40m)", "answer within 100 m (R@100m)", "first step right (1 of 16 cells)",
+                "median error", "median confidence", "Confidence is the model's probability"):
+        assert row in summary, row
+    assert len(summary.splitlines()) < 30  # fits on a screen: no line per photo
+    assert f"{out / 'answers.csv'}" in summary and "--beams 4" in summary and "--viz" in summary
     assert cv2.imread(str(out / "zoom_path.png")) is not None
     # a second run reuses every step
     again = subprocess.run([sys.executable, "-m", "jzi.export.demo", "--out", str(out), "--world", "tiny"],

@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import run_main
 
 from jzi.export.checkpoint import load_checkpoint, read_torch_file, save_checkpoint
 from jzi.export.config import get_preset
@@ -34,9 +35,8 @@ def views_cache(world, tmp_path_factory):
     return path
 
 
-def cli(module, *args, timeout=300):
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout)
+def cli(module, *args):
+    return run_main(module, *args)  # in this process: no torch import per call
 
 
 def run_train(world, out, views_cache, *args):
