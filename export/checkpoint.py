@@ -11,6 +11,7 @@ import os
 import pickle
 import re
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -89,7 +90,11 @@ def read_torch_file(path) -> object:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # a plain pickle (protocol 4/5, not torch.save's 2) makes torch warn before it fails or loads;
+            # the answer for such a file is our one line below, not a warning about its protocol
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         text = str(e)
         # "Unsupported global: GLOBAL x.y" (not allow-listed) or "unsupported GLOBAL os.system whose module

@@ -21,7 +21,6 @@ from jzi.runtime.bundle import GRAPHS, MANIFEST, BundleError, load_manifest, sha
 from jzi.runtime.localizer import Localizer
 from jzi.runtime.tiles import write_store
 from helpers import run_main
-from runtime_fixtures import make_bundle, make_checkpoint, rt_base  # noqa: F401
 
 PRECISIONS = ("fp32", "int8", "fp16")
 # how far each precision's encoders may move an embedding, relative to its largest component
@@ -33,23 +32,13 @@ def tiny_model(seed: int = 0) -> JustZoomIn:
     return JustZoomIn(get_preset("tiny")).eval()
 
 
-@pytest.fixture(scope="module")
-def checkpoint(rt_base) -> Path:
-    return make_checkpoint(rt_base / "tiny.pt")  # seed-0 tiny model, shared with the runtime tests
-
-
+# checkpoint (the seed-0 tiny model) and bundles (one per precision) are session fixtures in conftest.py
 @pytest.fixture(scope="module")
 def reference(checkpoint) -> JustZoomIn:
     """The PyTorch model as the checkpoint holds it (not prepared for export)."""
     from jzi.export.checkpoint import load_checkpoint
 
     return load_checkpoint(checkpoint)[0]
-
-
-@pytest.fixture(scope="module")
-def bundles(rt_base, checkpoint) -> dict[str, Path]:
-    """One bundle per precision (exported once per test session; read-only here)."""
-    return {p: make_bundle(rt_base, p) for p in PRECISIONS}
 
 
 def run_cli(*args) -> subprocess.CompletedProcess:
