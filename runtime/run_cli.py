@@ -116,7 +116,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON document instead of lines")
     p.add_argument("--geojson", metavar="OUT", help="write the answers (and truths) as a GeoJSON FeatureCollection")
     p.add_argument("--viz", metavar="OUT.png", help="draw the zoom path of the first photo")
-    p.add_argument("--source", metavar="IMAGERY", help="imagery for --viz when the store has no thumbnails")
+    p.add_argument("--source", metavar="IMAGERY", help="imagery to draw the --viz views from, at full size "
+                   "(sharper than the store's thumbnails; needed when it has none)")
     p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help=f"refuse larger photos ({MAX_PIXELS})")
     p.add_argument("--no-verify", action="store_true", help="skip the bundle checksum check at start-up")
     return p
