@@ -158,7 +158,8 @@ def chance_levels(region, truths) -> dict:
 
 
 def _pct(v: float) -> str:
-    return f"{100 * v:.1f} %" if v >= 0.001 else f"{100 * v:.3f} %"
+    """A share as a percentage; small ones (chance levels) with enough digits to be non-zero."""
+    return f"{100 * v:.1f} %" if v >= 0.001 or v == 0 else f"{100 * v:.3f} %"
 
 
 def report(rows: list[dict], region, chance: dict) -> str:

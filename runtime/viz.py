@@ -21,12 +21,13 @@ TEXT = (20, 20, 20)
 
 
 def view_images(region: Region, path, store=None, source=None) -> list[np.ndarray]:
-    """The views along ``path`` (levels 0 .. steps-1): rendered from ``source`` when given (sharp at
-    every level), else the store's thumbnails (small: the coarse levels look soft when enlarged)."""
+    """The views along ``path`` (levels 0 .. steps-1): rendered from ``source`` when given, at least at
+    the panel size (sharp at every level, whatever the model's view size), else the store's
+    thumbnails (small: the coarse levels look soft when enlarged)."""
     path = [int(a) for a in path]
     if source is not None:
-        centres = region.view_centers(path)
-        return [source.render(centres[lvl], float(region.level_size_m(lvl)), region.view_px, allow_padding=True)
+        centres, px = region.view_centers(path), max(region.view_px, PANEL)
+        return [source.render(centres[lvl], float(region.level_size_m(lvl)), px, allow_padding=True)
                 for lvl in range(region.steps)]
     if store is not None and store.pixels is not None:
         return [store.view_pixels(path[:lvl]) for lvl in range(region.steps)]

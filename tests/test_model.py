@@ -18,7 +18,14 @@ from jzi.export.config import get_preset
 from jzi.export.model import JustZoomIn, greedy_from_embeddings, normalize, split_street
 from jzi.runtime.geometry import Region
 
-torch.set_grad_enabled(False)
+
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    """Inference only, for this module's tests (a module-level set_grad_enabled(False) would switch
+    autograd off for every test collected after it, training included)."""
+    with torch.no_grad():
+        yield
 
 
 # ---- an independent reference ------------------------------------------------------------------

@@ -2,6 +2,8 @@
 and sharp views from the imagery when it is given."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from jzi.runtime.geometry import Region, move_en
@@ -74,6 +76,8 @@ class _Store:
 def test_views_come_from_the_imagery_at_full_size_when_given():
     src = _Source()
     views = view_images(REGION, PATH, store=_Store(), source=src)
-    assert [v.shape[0] for v in views] == [REGION.view_px] * 4 and (views[0] == 7).all()
-    assert src.calls == [REGION.level_size_m(k) for k in range(4)]
+    assert [v.shape[0] for v in views] == [max(REGION.view_px, PANEL)] * 4 and (views[0] == 7).all()
+    tiny = replace(REGION, view_px=64)  # a small model's views are still drawn at the panel size
+    assert view_images(tiny, PATH, source=src)[0].shape[0] == PANEL
+    assert src.calls[:4] == [REGION.level_size_m(k) for k in range(4)]
     assert all(v.shape[0] == 16 for v in view_images(REGION, PATH, store=_Store()))
