@@ -22,8 +22,6 @@ from pathlib import Path
 
 from jzi.runtime.extras import install_hint, missing_extras
 
-RECALL_M = (40, 50, 100)
-
 
 def _step(n: int, text: str) -> float:
     print(f"\n== [{n}/5] {text}", flush=True)
@@ -114,11 +112,11 @@ def localize_split(bundle: Path, store: Path, world: Path, viz: Path, threads: i
                          "error_m": float(distance_m([r.latitude, r.longitude], q.truth)), "path": r.path,
                          "true_path": loc.region.ground_truth_path(q.truth).tolist(),
                          "confidence": r.confidence, "step_probs": r.step_probs})
-    first, r = rows[0], loc.localize(photos[0])
-    views = view_images(loc.region, r.path, source=open_source(world / "satellite"))
-    caption = (f"{first['image']}: answer {r.latitude:.6f}, {r.longitude:.6f}; truth {first['truth'][0]:.6f}, "
-               f"{first['truth'][1]:.6f}; error {first['error_m']:.0f} m (synthetic world)")
-    save_rgb(viz, draw_zoom(photos[0], views, loc.region, r.path, r.step_probs, first["truth"], caption))
+    first = rows[0]
+    views = view_images(loc.region, first["path"], source=open_source(world / "satellite"))
+    caption = (f"{first['image']}: answer {first['answer'][0]:.6f}, {first['answer'][1]:.6f}; truth "
+               f"{first['truth'][0]:.6f}, {first['truth'][1]:.6f}; error {first['error_m']:.0f} m (synthetic world)")
+    save_rgb(viz, draw_zoom(photos[0], views, loc.region, first["path"], first["step_probs"], first["truth"], caption))
     return rows, loc.region
 
 
@@ -146,11 +144,12 @@ def chance_levels(region, truths) -> dict:
     import numpy as np
 
     from jzi.runtime.geometry import distance_m
+    from jzi.runtime.run_cli import RECALL_M
 
     cells = region.grid ** 2
     every = np.stack(np.unravel_index(np.arange(cells ** region.steps), (cells,) * region.steps), -1)
     centres = region.path_center(every)  # [cells ** steps, 2]
-    d = np.stack([distance_m(centres, np.asarray(t, np.float64)) for t in truths])  # [queries, cells ** steps]
+    d = np.stack([distance_m(centres, np.asarray(t, np.float64)).astype(np.float32) for t in truths])
     out = {f"R@{m}m": float((d <= m).mean()) for m in RECALL_M}
     out.update(first=1 / cells, strict=1 / cells ** region.steps, median_error_m=float(np.median(d)),
                confidence=1 / cells ** region.steps)
@@ -165,6 +164,8 @@ def _pct(v: float) -> str:
 def report(rows: list[dict], region, chance: dict) -> str:
     """The summary table and what its numbers mean."""
     import numpy as np
+
+    from jzi.runtime.run_cli import RECALL_M
 
     err = np.array([r["error_m"] for r in rows])
     paths, true = np.array([r["path"] for r in rows]), np.array([r["true_path"] for r in rows])
