@@ -1,21 +1,56 @@
 # The two commands a newcomer needs:   make demo   and   make test
-PY ?= python3
-STAMP := .jzi-installed
+#
+# make keeps its own virtual environment in .venv/ (Debian's and Ubuntu's system Python refuse
+# pip installs), made from $(PYTHON) and installed into once; the install stamp lives inside it.
+#   make test ARGS="-m slow -k export"     extra pytest arguments
+#   make PY=/path/to/python ...            use an environment of your own instead (e.g. one with a CUDA torch)
+#   make TORCH_INDEX_URL=...               where pip gets torch from (README: the CPU wheel index for CPU machines)
+PYTHON ?= python3
+VENV ?= .venv
+VENV_FLAGS ?=
+TORCH_VERSION ?= 2.13.0
+TORCH_INDEX_URL ?=
+PIP_FLAGS ?= -q
+ARGS ?=
 
-.PHONY: install demo test test-all bench clean native native-deps
+ifeq ($(origin PY),undefined)
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.jzi-installed
+VENV_CFG := $(VENV)/pyvenv.cfg
+else
+# your own interpreter: the stamp is keyed on its environment (sys.prefix), so another one installs afresh
+STAMP = .jzi-installed-$(shell $(PY) -c 'import sys; print(sys.prefix)' | cksum | cut -d' ' -f1)
+VENV_CFG :=
+endif
 
-$(STAMP): pyproject.toml
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[torch,geo,dev,ray]"
-	touch $(STAMP)
+.PHONY: install demo test test-all clean distclean native native-deps
+
+$(VENV)/pyvenv.cfg:
+	@$(PYTHON) -m venv $(VENV_FLAGS) $(VENV) || { rm -rf $(VENV); \
+	  echo "make: cannot create $(VENV) with '$(PYTHON) -m venv'; on Debian/Ubuntu: sudo apt-get install python3-venv" >&2; \
+	  exit 1; }
+
+# torch first and only when none is importable, so that a GPU user's own torch stays untouched
+$(STAMP): pyproject.toml $(VENV_CFG)
+	@if $(PY) -c "import torch" 2>/dev/null; then \
+	  echo "make: using the installed torch $$($(PY) -c 'import torch; print(torch.__version__)')"; \
+	elif [ -n "$(TORCH_INDEX_URL)" ]; then \
+	  $(PY) -m pip install $(PIP_FLAGS) --index-url "$(TORCH_INDEX_URL)" torch==$(TORCH_VERSION) || { \
+	    echo "make: TORCH_INDEX_URL failed; installing torch==$(TORCH_VERSION) from pip's configured index" >&2; \
+	    $(PY) -m pip install $(PIP_FLAGS) torch==$(TORCH_VERSION); }; \
+	else \
+	  $(PY) -m pip install $(PIP_FLAGS) torch==$(TORCH_VERSION); \
+	fi
+	$(PY) -m pip install $(PIP_FLAGS) -e ".[torch,geo,dev,ray]"
+	@touch $(STAMP)
 
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m jzi.export.demo
+	$(PY) -m jzi.export.demo $(ARGS)
 
 test: $(STAMP) native
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(ARGS)
 
 # The C++ runtime (cpp_bindings/): system packages, ONNX Runtime's headers, CMake build, ctest, and the
 # Python module jzi.native installed into $(PY) (its parity tests then run with the rest).
@@ -32,8 +67,12 @@ native: $(STAMP) native-deps
 	ctest --test-dir build --output-on-failure
 	$(PY) -m pip install -q --no-build-isolation ./cpp_bindings
 
+# everything: slow tests too (gpu tests skip themselves without a GPU)
 test-all: $(STAMP) native
-	$(PY) -m pytest -q -m "slow or not slow"
+	$(PY) -m pytest -q -m "slow or not slow" $(ARGS)
 
 clean:
-	rm -rf $(STAMP) demo-out .pytest_cache build
+	rm -rf demo-out .pytest_cache .jzi-installed .jzi-installed-* build
+
+distclean: clean
+	rm -rf $(VENV)

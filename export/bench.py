@@ -138,7 +138,7 @@ def plot(results: dict, folder: Path) -> list[Path]:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="jzi-bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="jzi-bench", description=__doc__.split("\n\n")[0].replace("``", ""))
     p.add_argument("suites", nargs="*", default=["latency"], help=f"any of {', '.join(SUITES)} (default: latency)")
     p.add_argument("--preset", dest="presets", action="append", choices=PRESET_CHOICES,
                    help="model preset(s) to measure (repeatable; default tiny)")

@@ -37,7 +37,8 @@ def path_metrics(pred_paths, true_paths, true_latlon, region: Region) -> dict:
     right = pred == true
     prefix = np.cumprod(right, axis=1).astype(bool)  # first k+1 steps all right
     prev = np.concatenate([np.ones((len(pred), 1), bool), prefix[:, :-1]], axis=1)
-    cond = [float(right[prev[:, k], k].mean()) if prev[:, k].any() else float("nan") for k in range(pred.shape[1])]
+    # None (null in JSON) where no query got the earlier steps right: the share is undefined, not 0
+    cond = [float(right[prev[:, k], k].mean()) if prev[:, k].any() else None for k in range(pred.shape[1])]
     out = {f"R@{x}m": float((err <= x).mean()) for x in RECALL_M}
     out.update({
         "strict": float(prefix[:, -1].mean()),
@@ -139,10 +140,12 @@ def format_table(m: dict, title: str = "") -> str:
         lines.append(f"{f'R@{x}m':<28}{100 * m[f'R@{x}m']:6.2f} %")
     lines.append(f"{'strict path accuracy':<28}{100 * m['strict']:6.2f} %")
     steps = "  ".join(f"{100 * a:5.1f}" for a in m["step_accuracy"])
-    cond = "  ".join(f"{100 * a:5.1f}" for a in m["conditional_step_accuracy"])
+    cond = "  ".join("    -" if a is None else f"{100 * a:5.1f}" for a in m["conditional_step_accuracy"])
     lines.append(f"{'steps right so far (%)':<28}{steps}")
     lines.append(f"{'step right | prefix right (%)':<28}{cond}")
     lines.append(f"{'median error':<28}{m['median_error_m']:.1f} m")
+    if None in m["conditional_step_accuracy"]:
+        lines.append("(-: no query had the earlier steps right)")
     return "\n".join(lines)
 
 
@@ -159,15 +162,16 @@ def write_json(obj, path) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="jzi-eval", description="Evaluate a checkpoint on a dataset split with the "
                                 "autoregressive zoom loop (PyTorch).")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="checkpoint file (the authors' .pth or a jzi checkpoint)")
     p.add_argument("data", help="dataset root in the authors' format (metadata/, streetview/, satellite/)")
     p.add_argument("--split", default="test", help="split name under metadata/ or a CSV path (default test)")
     p.add_argument("--imagery", help="satellite imagery (XYZ folder or GeoTIFF); default DATA/satellite")
     p.add_argument("--preset", help="model preset, for authors' checkpoints without a stored config")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="queries per forward pass (default %(default)s)")
     p.add_argument("--limit", type=int, help="evaluate the first N queries only")
     p.add_argument("--on-bad", choices=("skip", "error"), default="skip", help="bad rows: skip them or refuse")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--out", help="also write the metrics (with predicted paths) to this JSON file")
     a = p.parse_args(argv)

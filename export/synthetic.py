@@ -347,12 +347,14 @@ class World:
 # ---- writing the dataset ---------------------------------------------------------------------------------
 def write_geotiff(world: World, path: Path) -> None:
     import rasterio
+    from affine import Affine
     from rasterio.enums import Resampling
-    from rasterio.transform import from_bounds
 
     s, n, w, e = world.bounds
+    # the pixel grid written out directly: rasterio's from_bounds builds it with a deprecated operator
+    transform = Affine((e - w) / world.px, 0.0, w, 0.0, -(n - s) / world.px, n)
     profile = dict(driver="GTiff", width=world.px, height=world.px, count=3, dtype="uint8", crs="EPSG:4326",
-                   transform=from_bounds(w, s, e, n, world.px, world.px), tiled=True, blockxsize=256,
+                   transform=transform, tiled=True, blockxsize=256,
                    blockysize=256, compress="deflate", predictor=2)
     with rasterio.open(path, "w", **profile) as ds:
         ds.write(np.moveaxis(world.image, -1, 0))
@@ -457,7 +459,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="jzi-synth", description="Make a synthetic cross-view world and its "
                                 "train/val/test splits in the authors' dataset format.")
     p.add_argument("out", help="output folder")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed: the same seed makes the same world (default 0)")
     p.add_argument("--size", choices=sorted(SIZES), default="default",
                    help="queries per split: " + "; ".join(f"{k} {v}" for k, v in SIZES.items()))
     p.add_argument("--train", type=int, help="train queries (overrides --size)")
@@ -466,7 +468,7 @@ def main(argv=None) -> int:
     p.add_argument("--meters-per-pixel", type=float, default=WorldConfig.meters_per_pixel,
                    help="satellite raster resolution (default %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
     a = p.parse_args(argv)
     sizes = list(SIZES[a.size])
     for i, v in enumerate((a.train, a.val, a.test)):

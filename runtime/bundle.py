@@ -175,6 +175,8 @@ def load_manifest(bundle_dir, verify: bool = True) -> dict:
     """Read and validate ``manifest.json``; with ``verify`` also check every file's sha256."""
     root = Path(bundle_dir)
     path = root / MANIFEST
+    if not root.exists():
+        raise BundleError(f"{root}: does not exist")
     if not root.is_dir():
         raise BundleError(f"{root}: not a bundle directory")
     if not path.is_file():

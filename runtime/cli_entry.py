@@ -10,26 +10,27 @@ import importlib
 import sys
 
 
-def launch(module: str, prog: str) -> int:
-    """Import ``module`` and return its ``main()``; Ctrl-C at any point is one line and 130."""
+def launch(module: str, prog: str, func: str = "main") -> int:
+    """Import ``module`` and return its ``func()``; Ctrl-C at any point is one line and 130."""
     try:
-        return importlib.import_module(module).main()
+        return getattr(importlib.import_module(module), func)()
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
 
 
-def _entry(module: str, prog: str):
+def _entry(module: str, prog: str, func: str = "main"):
     def run() -> None:
-        sys.exit(launch(module, prog))
+        sys.exit(launch(module, prog, func))
     run.__doc__ = f"The ``{prog}`` command."
     return run
 
 
 jzi_run = _entry("jzi.runtime.run_cli", "jzi-run")
 jzi_tiles = _entry("jzi.runtime.tiles_cli", "jzi-tiles")
-jzi_export = _entry("jzi.export.cli", "jzi-export")
-jzi_train = _entry("jzi.export.train", "jzi-train")
-jzi_eval = _entry("jzi.export.evaluate", "jzi-eval")
-jzi_synth = _entry("jzi.export.synthetic", "jzi-synth")
-jzi_bench = _entry("jzi.export.bench", "jzi-bench")
+# the torch side checks its extras first (jzi.export.commands: one line naming the extra to install)
+jzi_export = _entry("jzi.export.commands", "jzi-export", "export")
+jzi_train = _entry("jzi.export.commands", "jzi-train", "train")
+jzi_eval = _entry("jzi.export.commands", "jzi-eval", "evaluate")
+jzi_synth = _entry("jzi.export.commands", "jzi-synth", "synth")
+jzi_bench = _entry("jzi.export.commands", "jzi-bench", "bench")

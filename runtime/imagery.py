@@ -146,6 +146,10 @@ class ImagerySource:
             raise CoverageError(f"view of {size_m:g} m at ({c[0]:.6f}, {c[1]:.6f}) leaves the coverage of "
                                 f"{self.name} ({_fmt_bounds(self.coverage)})")
 
+    def meters_per_pixel(self, center_latlon) -> float | None:
+        """Ground size of the imagery's own pixels near ``center_latlon`` (None when unknown)."""
+        return None
+
     def _render(self, center, size_m, px, allow_padding, pad_value) -> np.ndarray:
         raise NotImplementedError
 
@@ -186,6 +190,9 @@ class ArraySource(ImagerySource):
     def raster_mpp(self) -> float:
         s, n, _, _ = self.coverage
         return math.radians(n - s) * EARTH_RADIUS_M / self.pyramid[0].shape[0]
+
+    def meters_per_pixel(self, center_latlon) -> float:
+        return self.raster_mpp()
 
     def _render(self, center, size_m, px, allow_padding, pad_value):
         return self.sample(view_pixel_latlon(center, size_m, px), size_m / px, pad_value)
@@ -233,6 +240,14 @@ class GeoTiffSource(ImagerySource):
         rows, cols = self._pixel_coords(view_pixel_latlon(center_latlon, size_m, 8))
         h, w = self.ds.height, self.ds.width
         return bool((rows >= -0.5).all() and (rows <= h - 0.5).all() and (cols >= -0.5).all() and (cols <= w - 0.5).all())
+
+    def meters_per_pixel(self, center_latlon) -> float:
+        # a 100 m cross at the centre, measured in raster pixels (exact for any CRS, rotation included)
+        rows, cols = self._pixel_coords(move_en(np.asarray(center_latlon, np.float64), np.array([0.0, 100.0, 0.0]),
+                                                np.array([0.0, 0.0, 100.0])))
+        east = math.hypot(rows[1] - rows[0], cols[1] - cols[0])
+        north = math.hypot(rows[2] - rows[0], cols[2] - cols[0])
+        return 100.0 / max(east, north, 1e-9)
 
     def _pixel_coords(self, latlon):
         x, y = self.to_crs.transform(latlon[..., 1], latlon[..., 0])
@@ -321,6 +336,9 @@ class XYZSource(ImagerySource):
                                    min_zoom=self.min_zoom, max_zoom=self.max_zoom, wait_after_last_modified=0.0)
         self._padded = {}
 
+    def meters_per_pixel(self, center_latlon) -> float:
+        return zoom_meters_per_pixel(self.max_zoom, float(np.asarray(center_latlon, np.float64).reshape(2)[0]))
+
     @staticmethod
     def _declared_coverage(value, layout):
         """Optional ``coverage: [south, north, west, east]`` (degrees) in layout.yaml, a jzi extension."""
@@ -367,6 +385,60 @@ class XYZSource(ImagerySource):
         except Exception as e:  # the compiled loader raises plain RuntimeErrors for missing/corrupt tiles
             raise CoverageError(f"{self.folder}: cannot render the view at ({center[0]:.6f}, {center[1]:.6f}), "
                                 f"{size_m:g} m ({str(e).splitlines()[0]}); coverage {_fmt_bounds(self.coverage)}") from None
+
+
+# ---- does the imagery suit a region? ---------------------------------------------------------------------
+UPSAMPLE_TOLERANCE = 1.1  # views up to 10 % finer than the imagery are not worth a warning
+
+
+def upsampled_levels(region: Region, source_mpp: float | None) -> list[tuple[int, float]]:
+    """(level, factor) for each zoom level whose views need finer pixels than the imagery has."""
+    if not source_mpp:
+        return []
+    out = []
+    for lvl in range(region.steps):
+        factor = source_mpp / region.meters_per_pixel(lvl)
+        if factor > UPSAMPLE_TOLERANCE:
+            out.append((lvl, float(factor)))
+    return out
+
+
+def coarse_imagery_warning(region: Region, source_mpp: float | None) -> str | None:
+    """One line when some levels' views would be upsampled blur of the imagery, else None."""
+    up = upsampled_levels(region, source_mpp)
+    if not up:
+        return None
+    (first, _), (last, worst) = up[0], up[-1]
+    levels = f"level {first}" if first == last else f"levels {first}-{last}"
+    return (f"the imagery has {source_mpp:.2f} m/px but level {first} views need "
+            f"{region.meters_per_pixel(first):.2f} m/px: {levels} will be upsampled (up to {worst:.1f}x, blurry); "
+            f"use finer imagery or a larger region")
+
+
+def fitting_region(source: ImagerySource) -> tuple[tuple[float, float], float] | None:
+    """The centre and side (metres, a multiple of 10) of the largest square region around the middle of
+    the imagery's coverage that it covers, or None when none is found."""
+    s, n, w, e = source.coverage
+    centre = ((s + n) / 2, (w + e) / 2)
+    height = math.radians(n - s) * EARTH_RADIUS_M
+    width = math.radians(e - w) * EARTH_RADIUS_M * math.cos(math.radians(centre[0]))
+    size = math.floor(min(height, width) / 10) * 10
+    while size >= 10:
+        if source.covers(centre, size):
+            return centre, float(size)
+        size = math.floor(size * 0.97 / 10) * 10
+    return None
+
+
+def check_region_fits(source: ImagerySource, region: Region) -> None:
+    """Refuse a region the imagery does not cover, naming a --center/--size-m that would fit."""
+    if source.covers(region.center, region.size_m):
+        return
+    fit = fitting_region(source)
+    hint = (f"; a region that fits: --center {fit[0][0]:.6f},{fit[0][1]:.6f} --size-m {fit[1]:g}" if fit
+            else "; the imagery is too small for any region")
+    raise CoverageError(f"the {region.size_m:g} m region at ({region.center_lat:.6f}, {region.center_lon:.6f}) is not "
+                        f"inside the imagery {source.name} ({_fmt_bounds(source.coverage)}){hint}")
 
 
 # ---- the factory ----------------------------------------------------------------------------------------------

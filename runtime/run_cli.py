@@ -135,7 +135,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="PREVIOUS",
                    help="skip photos already answered in PREVIOUS (an earlier --json or --geojson output)")
     p.add_argument("--viz", metavar="OUT.png", help="draw the zoom path of the first photo")
-    p.add_argument("--source", metavar="IMAGERY", help="imagery for --viz when the store has no thumbnails")
+    p.add_argument("--source", metavar="IMAGERY", help="imagery to draw the --viz views from, at full size "
+                   "(sharper than the store's thumbnails; needed when it has none)")
     p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help=f"refuse larger photos ({MAX_PIXELS})")
     p.add_argument("--no-verify", action="store_true", help="skip the bundle checksum check at start-up")
     t = p.add_argument_group("batch runs into a table (resumable)")
@@ -174,7 +175,12 @@ def run(args) -> int:
         return run_batch(args, queries, [line for _, line in problems], PROG)
     answered, carried = previous_answers(args.resume) if args.resume else (set(), [])
     loc = _localizer(args)
-    if args.viz and loc.store.pixels is None and not args.source:
+    source = None
+    if args.viz and args.source:  # opened before any photo, so a bad --source fails first
+        from .imagery import open_source
+
+        source = open_source(args.source)
+    elif args.viz and loc.store.pixels is None:
         raise ValueError("--viz needs view pixels: build the store with jzi-tiles build --thumbs PX, or pass --source")
     if answered:
         before = len(queries)
@@ -182,7 +188,7 @@ def run(args) -> int:
         print(f"{PROG}: resuming: {before - len(queries)} photos already answered in {args.resume}", file=sys.stderr)
     outputs = [JsonLinesOutput(PROG, loc.backend.describe()) if args.json else TextOutput(PROG)]
     if args.geojson:
-        outputs.append(GeoJsonOutput(args.geojson, carried))
+        outputs.append(GeoJsonOutput(args.geojson, carried, report=sys.stderr if args.json else sys.stdout))
     done: list[tuple[Query, object, float | None]] = []
     failures = 0
     first_photo = None
@@ -227,13 +233,12 @@ def run(args) -> int:
         for out in outputs:
             out.close(summary, interrupted)
     if args.viz and done:
-        from .imagery import open_source
         from .viz import draw_zoom, save_rgb, view_images
 
         q, r, err = done[0]
-        source = open_source(args.source) if args.source and loc.store.pixels is None else None
         views = view_images(loc.region, r.path, store=loc.store, source=source)
-        caption = f"{q.label}: {r.latitude:.6f}, {r.longitude:.6f}" + (f", error {err:.1f} m" if err is not None else "")
+        caption = f"{q.label}: answer {r.latitude:.6f}, {r.longitude:.6f}" + (
+            f"; truth {q.truth[0]:.6f}, {q.truth[1]:.6f}; error {err:.1f} m" if err is not None else "")
         save_rgb(args.viz, draw_zoom(first_photo, views, loc.region, r.path, r.step_probs, q.truth, caption))
         if not args.json:
             print(f"zoom path drawn to {args.viz}")

@@ -60,7 +60,7 @@ class TextOutput:
         line += f"  confidence {r.confidence:.3g}"
         if r.candidates:
             line += "  top-{}: {}".format(len(r.candidates), "; ".join(
-                f"{c.latitude:.6f}, {c.longitude:.6f} ({c.probability:.3f})" for c in r.candidates[1:]))
+                f"{c.latitude:.6f}, {c.longitude:.6f} ({c.probability:.3f})" for c in r.candidates))
         print(line, flush=True)
 
     def failure(self, label, reason) -> None:
@@ -94,8 +94,9 @@ class JsonLinesOutput:
 class GeoJsonOutput:
     """A FeatureCollection written feature by feature into ``.OUT.tmp``, renamed to OUT by ``close``."""
 
-    def __init__(self, path, carried: list[dict] = ()):
+    def __init__(self, path, carried: list[dict] = (), report=None):
         self.path = Path(path)
+        self.report = report  # where to say what was written (stderr when stdout carries JSON)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.path.with_name(f".{self.path.name}.tmp")
         self.file = open(self.tmp, "w", encoding="utf-8")
@@ -120,6 +121,8 @@ class GeoJsonOutput:
         self.file.write(f"\n], \"failed\": {strict_json(self.failed)}, \"interrupted\": {strict_json(interrupted)}}}\n")
         self.file.close()
         os.replace(self.tmp, self.path)
+        if self.report is not None:
+            print(f"wrote {self.count} answers to {self.path}", file=self.report, flush=True)
 
     def discard(self) -> None:
         """Forget the output (the run failed before answering anything)."""

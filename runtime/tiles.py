@@ -57,6 +57,7 @@ import json
 import os
 import shutil
 import threading
+import sys
 import time
 from dataclasses import dataclass, field
 from contextlib import contextmanager
@@ -212,6 +213,7 @@ class TileStore:
                 "view_px": m["view_px"], "dim": self.dim, "total_views": self.total_views,
                 "final_cell_m": self.region.cell_size_m, "dtype": self.dtype, "encoder_id": self.encoder_id,
                 "encoder_precision": m.get("encoder_precision"), "source": m.get("source"),
+                "source_meters_per_pixel": m.get("source_meters_per_pixel"),
                 "created": m.get("created"), "levels": m["levels"], "files": files}
 
 
@@ -626,6 +628,10 @@ def plan_build(bundle_dir, *, dtype: str = "float16", thumb_px: int = 0, chunk_r
         raise TileStoreError(f"the region's grid/steps {region.grid}/{region.steps} differ from the bundle's "
                              f"{manifest['grid']}/{manifest['steps']}")
     meta = {"encoder_precision": manifest["precision"], "source": str(source)}
+    if source is not None:  # recorded so that jzi-tiles info can say which levels were upsampled
+        from .imagery import open_source
+
+        meta["source_meters_per_pixel"] = open_source(source).meters_per_pixel(region.center)
     return manifest, StoreLayout(region, int(manifest["width"]), manifest["encoder_id"], dtype, thumb_px, chunk_rows,
                                  meta)
 
@@ -639,24 +645,25 @@ def render_views(src, region: Region, rows: np.ndarray) -> np.ndarray:
 def build_store(out, bundle_dir, source, *, backend: str = "auto", threads: int | None = None,
                 dtype: str = "float16", batch: int = 32, chunk_rows: int = CHUNK_ROWS, thumb_px: int = 0,
                 region: Region | None = None, force: bool = False, progress: bool = True,
-                shard: tuple[int, int] = (0, 1)) -> Path | None:
+                shard: tuple[int, int] = (0, 1), warn: Callable[[str], None] | None = None) -> Path | None:
     """Render every view of the region from ``source`` and encode it with the bundle's view encoder.
 
-    With ``shard=(i, N)``, N > 1, only this shard's chunks are built and None is returned: merge with
-    :func:`finalize_store` (``jzi-tiles merge``) once every shard has finished.
+    A region the imagery does not cover is refused up front (naming one that fits); imagery coarser
+    than some levels' views is one line to ``warn`` (default: stderr). With ``shard=(i, N)``, N > 1,
+    only this shard's chunks are built and None is returned: merge with :func:`finalize_store`
+    (``jzi-tiles merge``) once every shard has finished.
     """
     from .backends import open_backend
-    from .imagery import open_source
+    from .imagery import check_region_fits, coarse_imagery_warning, open_source
 
     manifest, layout = plan_build(bundle_dir, dtype=dtype, thumb_px=thumb_px, chunk_rows=chunk_rows, region=region,
                                   source=source)
     src = open_source(source)
     region = layout.region
-    if not src.covers(region.center, region.size_m):  # every view lies inside the level-0 view: refuse up front
-        c = region.center
-        raise TileStoreError(f"{source} does not cover the region, a {region.size_m / 1000:g} km square at "
-                             f"({c[0]:.6f}, {c[1]:.6f}): move or shrink it with --center/--size-m, or use imagery "
-                             "that covers it")
+    check_region_fits(src, region)
+    note = coarse_imagery_warning(region, src.meters_per_pixel(region.center))
+    if note:
+        (warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr)))(note)
     engine = open_backend(bundle_dir, manifest, backend=backend, threads=threads, graphs=("view_encoder",))
 
     def produce(rows: np.ndarray):

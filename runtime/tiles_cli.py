@@ -25,8 +25,10 @@ from dataclasses import replace
 
 from .backends import BACKENDS, BackendUnavailable
 from .bundle import BundleError, load_manifest
+from .extras import install_hint, missing_extras
 from .geometry import Region
 from . import ray_jobs
+from .imagery import upsampled_levels
 from .ray_jobs import RayJobError
 from .shards import resolve_shard
 from .tiles import CHUNK_ROWS, TileStore, TileStoreError, build_store, finalize_store, upgrade_store, verify_store
@@ -96,6 +98,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def cmd_build(args) -> int:
+    missing = missing_extras("geo")  # every imagery format needs part of it: say so before any work
+    if missing:
+        print(install_hint("jzi-tiles build", missing), file=sys.stderr)
+        return 1
     manifest = load_manifest(args.engine)
     region = Region.from_dict(manifest["region"])
     if args.center:
@@ -116,7 +122,8 @@ def cmd_build(args) -> int:
                                        **settings)
     else:
         shard = resolve_shard(args.shard)
-        out = build_store(args.output, args.engine, args.source, shard=shard, **settings)
+        out = build_store(args.output, args.engine, args.source, shard=shard,
+                          warn=lambda msg: print(f"{PROG}: warning: {msg}", file=sys.stderr), **settings)
         if out is None:
             print(f"shard {shard[0]}/{shard[1]} of {args.output} done; when every shard is: "
                   f"{PROG} merge {args.output}")
@@ -146,9 +153,17 @@ def cmd_info(args) -> int:
     print(f"  region     centre {r['center_lat']:.6f}, {r['center_lon']:.6f}; {r['size_m'] / 1000:g} km square")
     print(f"  zoom       {info['grid']}x{info['grid']} grid, {info['steps']} steps, final cell {info['final_cell_m']:.2f} m")
     print(f"  views      {info['total_views']} at {info['view_px']} px, embeddings {info['dim']} x {info['dtype']}")
+    mpp = info.get("source_meters_per_pixel")
+    upsampled = dict(upsampled_levels(Region.from_dict(r), mpp))
     for lvl in info["levels"]:
+        blur = f", upsampled {upsampled[lvl['level']]:.1f}x" if lvl["level"] in upsampled else ""
         print(f"    level {lvl['level']}: {lvl['count']:>8} views of {lvl['size_m']:g} m "
-              f"({lvl['meters_per_pixel']:.3f} m/px), rows {lvl['offset']}..{lvl['offset'] + lvl['count'] - 1}")
+              f"({lvl['meters_per_pixel']:.3f} m/px{blur}), rows {lvl['offset']}..{lvl['offset'] + lvl['count'] - 1}")
+    if mpp:
+        levels = ", ".join(str(k) for k in upsampled) or "none"
+        print(f"  imagery    {mpp:.3f} m/px; levels upsampled from coarser imagery: {levels}")
+    else:
+        print("  imagery    resolution not recorded (a store built before jzi recorded it)")
     for role, f in info["files"].items():
         print(f"  {role:<10} {f['path']} {f['dtype']} {f['shape']} ({f['bytes'] / 1e6:.1f} MB)")
     print(f"  encoder    {info['encoder_id'][:16]} ({info['encoder_precision']}), source {info['source']}")

@@ -55,7 +55,7 @@ def make_bundle(base: Path, precision: str = "fp32") -> Path:
 def make_geotiff(base: Path) -> Path:
     """An EPSG:4326 GeoTIFF covering the default region plus a margin."""
     import rasterio
-    from rasterio.transform import from_bounds
+    from affine import Affine
 
     path = base / "region.tif"
     if path.exists():
@@ -69,7 +69,8 @@ def make_geotiff(base: Path) -> Path:
     img = _smooth_noise(np.random.default_rng(SEED), TIFF_PX)
     tmp = base / ".region.tif.tmp"
     with rasterio.open(tmp, "w", driver="GTiff", width=TIFF_PX, height=TIFF_PX, count=3, dtype="uint8",
-                       crs="EPSG:4326", transform=from_bounds(west, south, east, north, TIFF_PX, TIFF_PX)) as ds:
+                       crs="EPSG:4326",
+                       transform=Affine((east - west) / TIFF_PX, 0.0, west, 0.0, -(north - south) / TIFF_PX, north)) as ds:
         ds.write(np.moveaxis(img, -1, 0))
     tmp.replace(path)
     return path

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ from jzi.runtime.backends import open_backend
 from jzi.runtime.bundle import GRAPHS, MANIFEST, BundleError, load_manifest, sha256_file
 from jzi.runtime.localizer import Localizer
 from jzi.runtime.tiles import write_store
-from runtime_fixtures import make_bundle, make_checkpoint, rt_base  # noqa: F401
+from helpers import run_main
 
 PRECISIONS = ("fp32", "int8", "fp16")
 # how far each precision's encoders may move an embedding, relative to its largest component
@@ -33,11 +32,7 @@ def tiny_model(seed: int = 0) -> JustZoomIn:
     return JustZoomIn(get_preset("tiny")).eval()
 
 
-@pytest.fixture(scope="module")
-def checkpoint(rt_base) -> Path:
-    return make_checkpoint(rt_base / "tiny.pt")  # seed-0 tiny model, shared with the runtime tests
-
-
+# checkpoint (the seed-0 tiny model) and bundles (one per precision) are session fixtures in conftest.py
 @pytest.fixture(scope="module")
 def reference(checkpoint) -> JustZoomIn:
     """The PyTorch model as the checkpoint holds it (not prepared for export)."""
@@ -46,15 +41,8 @@ def reference(checkpoint) -> JustZoomIn:
     return load_checkpoint(checkpoint)[0]
 
 
-@pytest.fixture(scope="module")
-def bundles(rt_base, checkpoint) -> dict[str, Path]:
-    """One bundle per precision (exported once per test session; read-only here)."""
-    return {p: make_bundle(rt_base, p) for p in PRECISIONS}
-
-
-def run_cli(*args, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "jzi.export.cli", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd, timeout=300)
+def run_cli(*args) -> subprocess.CompletedProcess:
+    return run_main("jzi.export.cli", *args)  # in this process: no torch import per call
 
 
 def assert_one_error_line(proc: subprocess.CompletedProcess, *fragments: str) -> str:
@@ -341,7 +329,7 @@ def test_cli_bad_flags(checkpoint, tmp_path):
     assert_one_error_line(run_cli(checkpoint, "--opset", "16", "-o", tmp_path / "b"), "opset")
     usage = run_cli(checkpoint, "--precision", "int4")
     assert usage.returncode == 2 and "invalid choice" in usage.stderr and "Traceback" not in usage.stderr
-    assert_one_error_line(run_cli("--trt-only", tmp_path / "nothing-here"), "not a bundle directory")
+    assert_one_error_line(run_cli("--trt-only", tmp_path / "nothing-here"), "nothing-here: does not exist")
 
 
 def test_cli_trt_without_tensorrt_is_one_line_and_writes_nothing(checkpoint, tmp_path):

@@ -18,7 +18,14 @@ from jzi.export.config import get_preset
 from jzi.export.model import JustZoomIn, greedy_from_embeddings, normalize, split_street
 from jzi.runtime.geometry import Region
 
-torch.set_grad_enabled(False)
+
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    """Inference only, for this module's tests (a module-level set_grad_enabled(False) would switch
+    autograd off for every test collected after it, training included)."""
+    with torch.no_grad():
+        yield
 
 
 # ---- an independent reference ------------------------------------------------------------------
@@ -121,6 +128,7 @@ def official_ckpt(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow  # six ViT-B passes at 384 px; tests/test_checkpoint.py covers the authors' layout at tiny size
 def test_official_authors_checkpoint_matches_plain_reference(official_ckpt):
     model, info = load_checkpoint(official_ckpt)
     cfg = model.cfg
@@ -143,7 +151,7 @@ def test_official_authors_checkpoint_matches_plain_reference(official_ckpt):
     assert_close_to_scale(ours, ref)
 
 
-@pytest.mark.parametrize("preset", ["official", "tiny"])
+@pytest.mark.parametrize("preset", [pytest.param("official", marks=pytest.mark.slow), "tiny"])
 def test_kv_cache_step_equals_full_forward(preset):
     torch.manual_seed(2)
     cfg = get_preset(preset)
@@ -169,10 +177,11 @@ def _decoder_only(cfg):
     return dec
 
 
-def test_greedy_paths_agree_between_cache_and_recompute():
+@pytest.mark.parametrize("preset", [pytest.param("official", marks=pytest.mark.slow), "tiny"])
+def test_greedy_paths_agree_between_cache_and_recompute(preset):
     """The authors' evaluation loop (re-run the whole decoder each step) vs the KV-cached step."""
     torch.manual_seed(3)
-    cfg = get_preset("official")
+    cfg = get_preset(preset)
     dec = _decoder_only(cfg)
     region = Region.default()
     b, d = 64, cfg.width

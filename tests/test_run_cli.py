@@ -78,6 +78,14 @@ def test_json_geojson_and_beams(tmp_path, dataset, bundle, store32):  # noqa: F8
     pt = geo["features"][0]
     assert pt["geometry"]["coordinates"] == pytest.approx([first["longitude"], first["latitude"]])
     assert len(pt["properties"]["candidates"]) == 3 and geo["failed"] == []
+    assert r.stderr.strip() == f"wrote 6 answers to {gj}"  # stdout stays pure JSON Lines
+
+    r = _run("--engine", bundle, "--tiles", store32, images / "q000_undistorted.jpg", "--beams", "3", "--geojson", gj)
+    assert r.returncode == 0, r.stderr
+    answer, wrote = r.stdout.strip().splitlines()
+    top = answer.split("top-3: ")[1].split("; ")
+    assert len(top) == 3 and answer.split("  ")[1] == top[0].split(" (")[0]  # the answer is the first of the top-3
+    assert wrote == f"wrote 1 answers to {gj}"
 
 
 def test_viz_draws_the_zoom_path(tmp_path, dataset, bundle, store16, geotiff):  # noqa: F811
@@ -85,11 +93,13 @@ def test_viz_draws_the_zoom_path(tmp_path, dataset, bundle, store16, geotiff):  
     photo = dataset / "streetview" / "images" / "q000_undistorted.jpg"
     r = _run("--engine", bundle, "--tiles", store16, photo, "--viz", out)
     assert r.returncode == 1 and "--thumbs" in r.stderr and not out.exists()  # no pixels in this store
+    r = _run("--engine", bundle, "--tiles", store16, photo, "--viz", out, "--source", tmp_path / "no.tif")
+    assert r.returncode == 1 and r.stdout == "" and "no such imagery" in r.stderr  # refused before any answer
     r = _run("--engine", bundle, "--tiles", store16, dataset / "metadata" / "test.csv", "--viz", out,
              "--source", geotiff)
     assert r.returncode == 0, r.stderr
     img = cv2.imread(str(out))
-    assert img is not None and img.shape[0] == 256 + 60 and img.shape[1] > 4 * 256
+    assert img is not None and img.shape[0] == 256 + 84 and img.shape[1] > 4 * 256
     # the chosen-cell frames are drawn in the highlight colour, the truth marker in red
     rgb = img[..., ::-1]
     assert ((rgb == (255, 210, 0)).all(-1)).sum() > 500
@@ -116,7 +126,8 @@ def test_bad_photos_are_one_line_each_and_the_rest_go_on(tmp_path, dataset, bund
 
 
 @pytest.mark.parametrize("args, why", [
-    (("--engine", "NOBUNDLE", "--tiles", "STORE", "PHOTO"), "not a bundle directory"),
+    (("--engine", "NOBUNDLE", "--tiles", "STORE", "PHOTO"), "nb: does not exist"),
+    (("--engine", "PHOTO", "--tiles", "STORE", "PHOTO"), "not a bundle directory"),
     (("--engine", "BUNDLE", "--tiles", "NOSTORE", "PHOTO"), "not a tile store"),
     (("--engine", "BUNDLE", "--tiles", "STORE", "PHOTO", "--backend", "tensorrt"), "tensorrt backend not available"),
     (("--engine", "BUNDLE", "--tiles", "STORE", "PHOTO", "--beams", "0"), "--beams"),
@@ -136,9 +147,15 @@ def test_demo_runs_end_to_end(tmp_path):
     r = subprocess.run([sys.executable, "-m", "jzi.export.demo", "--out", str(out), "--world", "tiny",
                         "--street-epochs", "1", "--epochs", "1"], capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
-    answers = [line for line in r.stdout.splitlines() if re.match(r"^test_\d+  -?[\d.]+, -?[\d.]+  error [\d.]+ m", line)]
-    assert len(answers) == 16  # every held-out photo of the tiny world, each with its error
-    assert "16 photos with truth: R@40m" in r.stdout
+    with open(out / "answers.csv", newline="") as f:
+        answers = list(csv.DictReader(f))
+    assert len(answers) == 16 and all(float(a["error_m"]) >= 0 for a in answers)  # every held-out photo
+    summary = r.stdout[r.stdout.index("Results on 16 held-out test photos"):]
+    for row in ("answer within 40 m (R@40m)", "answer within 100 m (R@100m)", "first step right (1 of 16 cells)",
+                "median error", "median confidence", "Confidence is the model's probability"):
+        assert row in summary, row
+    assert len(summary.splitlines()) < 30  # fits on a screen: no line per photo
+    assert f"{out / 'answers.csv'}" in summary and "--beams 4" in summary and "--viz" in summary
     assert cv2.imread(str(out / "zoom_path.png")) is not None
     # a second run reuses every step
     again = subprocess.run([sys.executable, "-m", "jzi.export.demo", "--out", str(out), "--world", "tiny"],

@@ -7,11 +7,12 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import run_main
 
 from jzi.export.checkpoint import load_checkpoint, read_torch_file, save_checkpoint
 from jzi.export.config import get_preset
 from jzi.export.data import ViewBank
-from jzi.export.evaluate import evaluate, path_metrics
+from jzi.export.evaluate import evaluate, format_table, path_metrics
 from jzi.export.model import JustZoomIn
 from jzi.export.synthetic import WorldConfig, make_world
 from jzi.export.train import lr_factor
@@ -34,9 +35,8 @@ def views_cache(world, tmp_path_factory):
     return path
 
 
-def cli(module, *args, timeout=300):
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout)
+def cli(module, *args):
+    return run_main(module, *args)  # in this process: no torch import per call
 
 
 def run_train(world, out, views_cache, *args):
@@ -70,6 +70,17 @@ def test_path_metrics_by_hand():
     assert m["step_accuracy"] == [0.75, 0.75, 0.75, 0.25]
     assert m["conditional_step_accuracy"] == [0.75, 1.0, 1.0, pytest.approx(1 / 3)]
     assert m["median_error_m"] == pytest.approx((39.0625 + 78.125) / 2, abs=0.1)
+
+
+def test_undefined_step_shares_are_null_and_a_dash_not_nan():
+    truth = np.array([[5, 6, 9, 3], [5, 6, 9, 3]])
+    pred = np.array([[1, 6, 9, 3], [2, 6, 9, 3]])  # first step always wrong: later shares are undefined
+    m = path_metrics(pred, truth, REGION.path_center(truth), REGION)
+    assert m["conditional_step_accuracy"] == [0.0, None, None, None]
+    table = format_table(m)
+    assert "nan" not in table.lower()
+    assert "  0.0      -      -      -" in table and "no query had the earlier steps right" in table
+    json.loads(json.dumps(m, allow_nan=False))  # strict JSON
 
 
 def test_train_writes_checkpoints_history_and_test_metrics(world, views_cache, tmp_path):

@@ -1,0 +1,23 @@
+"""Artifacts shared by the whole test session, each built once: the seed-0 tiny checkpoint, one bundle
+per precision, the GeoTIFF and the tile stores built from it (builders in runtime_fixtures.py, cached
+under pytest's session temp directory). Tests only read them; one that needs to change an artifact
+copies it first."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from runtime_fixtures import bundle, geotiff, make_bundle, make_checkpoint, rt_base, store16, store32  # noqa: F401
+
+PRECISIONS = ("fp32", "int8", "fp16")
+
+
+@pytest.fixture(scope="session")
+def checkpoint(rt_base) -> Path:  # noqa: F811
+    return make_checkpoint(rt_base / "tiny.pt")
+
+
+@pytest.fixture(scope="session")
+def bundles(rt_base, checkpoint) -> dict[str, Path]:  # noqa: F811
+    """One bundle per precision, exported from ``checkpoint``."""
+    return {p: make_bundle(rt_base, p) for p in PRECISIONS}

@@ -1,0 +1,25 @@
+"""Running a command's ``main(argv)`` inside the test process.
+
+The torch-side commands cost a fresh interpreter 5-90 s just to import torch and transformers on a
+busy 2-core machine; the console scripts call exactly this ``main``, so the exit status and the
+stdout/stderr lines a user sees are the same. (tests/test_extras.py runs the installed entry points
+in real subprocesses.)
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import subprocess
+
+
+def run_main(module: str, *args) -> subprocess.CompletedProcess:
+    """``python -m module *args`` in this process: a CompletedProcess with returncode, stdout, stderr."""
+    argv = [str(a) for a in args]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = importlib.import_module(module).main(argv)
+        except SystemExit as e:  # argparse errors and --help
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return subprocess.CompletedProcess([module, *argv], code or 0, out.getvalue(), err.getvalue())
