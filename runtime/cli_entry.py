@@ -10,18 +10,18 @@ import importlib
 import sys
 
 
-def launch(module: str, prog: str, func: str = "main") -> int:
-    """Import ``module`` and return its ``func()``; Ctrl-C at any point is one line and 130."""
+def launch(module: str, prog: str, func: str = "main", argv=None) -> int:
+    """Import ``module`` and return its ``func(argv)``; Ctrl-C at any point is one line and 130."""
     try:
-        return getattr(importlib.import_module(module), func)()
+        return getattr(importlib.import_module(module), func)(argv)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
 
 
 def _entry(module: str, prog: str, func: str = "main"):
-    def run() -> None:
-        sys.exit(launch(module, prog, func))
+    def run(argv=None) -> None:
+        sys.exit(launch(module, prog, func, argv))
     run.__doc__ = f"The ``{prog}`` command."
     return run
 
