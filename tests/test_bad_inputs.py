@@ -317,7 +317,7 @@ case("bundle", "manifest not JSON", "not valid JSON")(
     lambda fx, d: ["jzi-run", "--engine", _write(d / "b" / "manifest.json", "{oops").parent, "--tiles", fx.store, fx.photo])
 case("bundle", "manifest is a list", "not a jzi bundle manifest")(
     lambda fx, d: ["jzi-run", "--engine", _write(d / "b" / "manifest.json", "[1]").parent, "--tiles", fx.store, fx.photo])
-case("bundle", "not a directory", "not a bundle directory")(
+case("bundle", "does not exist", "does not exist")(
     lambda fx, d: ["jzi-run", "--engine", d / "nothing", "--tiles", fx.store, fx.photo])
 case("bundle", "a directory without manifest.json", "no manifest.json")(
     lambda fx, d: ["jzi-run", "--engine", d, "--tiles", fx.store, fx.photo])
