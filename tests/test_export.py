@@ -382,8 +382,8 @@ def test_official_preset_exports_in_time_and_memory(tmp_path):
 
 # ---------------------------------------------------------------------------------------------
 # the int8 decoder (jzi-export --decoder-precision int8)
-def test_int8_decoder_bundle_runs_close_to_fp32(rt_base, checkpoint, tmp_path):  # noqa: F811
-    fp32 = make_bundle(rt_base, "fp32")
+def test_int8_decoder_bundle_runs_close_to_fp32(bundles, checkpoint, tmp_path):  # noqa: F811
+    fp32 = bundles["fp32"]
     out, man = E.export_bundle(checkpoint, tmp_path / "int8dec", decoder_precision="int8", threads=1)
     assert man["decoder"]["precision"] == "int8" and man["precision"] == "fp32"
     assert "MatMulNBits" in man["precision_notes"]
