@@ -121,7 +121,7 @@ class GeoJsonOutput:
         self.file.write(f"\n], \"failed\": {strict_json(self.failed)}, \"interrupted\": {strict_json(interrupted)}}}\n")
         self.file.close()
         os.replace(self.tmp, self.path)
-        if self.report is not None:
+        if self.report is not None and not interrupted:  # an interrupt has its own line
             print(f"wrote {self.count} answers to {self.path}", file=self.report, flush=True)
 
     def discard(self) -> None:

@@ -661,10 +661,10 @@ def build_store(out, bundle_dir, source, *, backend: str = "auto", threads: int 
     src = open_source(source)
     region = layout.region
     check_region_fits(src, region)
-    note = coarse_imagery_warning(region, src.meters_per_pixel(region.center))
+    engine = open_backend(bundle_dir, manifest, backend=backend, threads=threads, graphs=("view_encoder",))
+    note = coarse_imagery_warning(region, src.meters_per_pixel(region.center))  # after the refusals: one line each
     if note:
         (warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr)))(note)
-    engine = open_backend(bundle_dir, manifest, backend=backend, threads=threads, graphs=("view_encoder",))
 
     def produce(rows: np.ndarray):
         views = render_views(src, layout.region, rows)

@@ -360,7 +360,7 @@ def test_build_on_imagery_that_misses_the_region_leaves_nothing(tmp_path, bundle
     out = tmp_path / "far.jzt"
     r = _cli("build", "--engine", bundle, "--source", geotiff, "-o", out, "--center", "10.0,10.0")
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert "does not cover the region" in r.stderr and "--center/--size-m" in r.stderr
+    assert "is not inside the imagery" in r.stderr and "a region that fits: --center" in r.stderr
     assert "allow_padding" not in r.stderr
     assert not out.exists() and not (tmp_path / "far.jzt.partial").exists()
     # any failure before the first batch is kept leaves nothing either (here: the encoder fails)
