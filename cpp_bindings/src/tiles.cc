@@ -16,7 +16,7 @@
 namespace jzi {
 namespace {
 constexpr const char* kFormat = "jzi-tiles";
-constexpr int kFormatVersion = 1;
+constexpr int kFormatVersion = 2;  // tile store format 2: per-block checksums (runtime/tiles.py)
 constexpr const char* kIndex = "tiles.json";
 
 struct Limit {

@@ -121,7 +121,7 @@ static fs::path make_store(const std::string& name, const std::function<void(jso
         }
         emb["block_sha256"] = blocks;
     }
-    json index = {{"format", "jzi-tiles"}, {"format_version", 1}, {"created", "today"},
+    json index = {{"format", "jzi-tiles"}, {"format_version", 2}, {"created", "today"},
                   {"region", {{"center_lat", r.center_lat}, {"center_lon", r.center_lon}, {"size_m", r.size_m}, {"grid", 4},
                               {"steps", 2}, {"view_px", 16}}},
                   {"grid", 4}, {"steps", 2}, {"view_px", 16}, {"dim", dim}, {"levels", levels(r)},
