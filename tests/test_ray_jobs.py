@@ -162,7 +162,7 @@ def test_ray_batch_equals_jzi_run_per_photo(tmp_path, local_ray, rt_base, bundle
     for photo in photos[:2]:
         r = subprocess.run([sys.executable, "-m", "jzi.runtime.run_cli", "--engine", str(bundle), "--tiles",
                             str(store32), str(photo), "--json"], capture_output=True, text=True, timeout=120)
-        got = json.loads(r.stdout)["results"][0]
+        got = json.loads(r.stdout.splitlines()[0])  # JSON Lines: the answer, then a summary line
         row = rows[photos.index(photo)]
         assert (got["latitude"], got["longitude"], got["path"]) == (row["latitude"], row["longitude"], row["zoom_path"])
 
