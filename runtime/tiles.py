@@ -99,7 +99,8 @@ def _le(dtype: str) -> np.dtype:
 
 
 def _atomic_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    # a temporary name of this process's own: shard processes may write the same file at once
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(obj, indent=1))
     os.replace(tmp, path)
 
