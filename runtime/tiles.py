@@ -615,7 +615,7 @@ def view_geometry(region: Region, rows: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 
 def plan_build(bundle_dir, *, dtype: str = "float16", thumb_px: int = 0, chunk_rows: int = CHUNK_ROWS,
-               region: Region | None = None, source=None) -> tuple[dict, StoreLayout]:
+               region: Region | None = None, source=None, opened=None) -> tuple[dict, StoreLayout]:
     """The bundle's manifest and the layout of the store it builds over ``region`` (default: the bundle's)."""
     from .bundle import load_manifest
 
@@ -632,7 +632,8 @@ def plan_build(bundle_dir, *, dtype: str = "float16", thumb_px: int = 0, chunk_r
     if source is not None:  # recorded so that jzi-tiles info can say which levels were upsampled
         from .imagery import open_source
 
-        meta["source_meters_per_pixel"] = open_source(source).meters_per_pixel(region.center)
+        src = opened if opened is not None else open_source(source)  # ``opened``: the caller's, not reopened
+        meta["source_meters_per_pixel"] = src.meters_per_pixel(region.center)
     return manifest, StoreLayout(region, int(manifest["width"]), manifest["encoder_id"], dtype, thumb_px, chunk_rows,
                                  meta)
 
@@ -657,9 +658,9 @@ def build_store(out, bundle_dir, source, *, backend: str = "auto", threads: int 
     from .backends import open_backend
     from .imagery import check_region_fits, coarse_imagery_warning, open_source
 
-    manifest, layout = plan_build(bundle_dir, dtype=dtype, thumb_px=thumb_px, chunk_rows=chunk_rows, region=region,
-                                  source=source)
     src = open_source(source)
+    manifest, layout = plan_build(bundle_dir, dtype=dtype, thumb_px=thumb_px, chunk_rows=chunk_rows, region=region,
+                                  source=source, opened=src)
     region = layout.region
     check_region_fits(src, region)
     engine = open_backend(bundle_dir, manifest, backend=backend, threads=threads, graphs=("view_encoder",))
