@@ -23,6 +23,16 @@ from pathlib import Path
 from jzi.runtime.extras import install_hint, missing_extras
 
 
+def _world_version(world: Path) -> int | None:
+    """The version of a world an earlier run left (an older one is made again, with its model)."""
+    import json
+
+    try:
+        return json.loads((world / "world.json").read_text()).get("version")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def _step(n: int, text: str) -> float:
     print(f"\n== [{n}/5] {text}", flush=True)
     return time.perf_counter()
@@ -34,7 +44,7 @@ def _done(t0: float, what: str = "done") -> None:
 
 def run(out: Path, street_epochs: int, epochs: int, world_size: str, fresh: bool, threads: int | None) -> int:
     from jzi.export.onnx_export import export_bundle
-    from jzi.export.synthetic import SIZES, WorldConfig, make_world
+    from jzi.export.synthetic import SIZES, WORLD_VERSION, WorldConfig, make_world
     from jzi.export.train import main as train_main
     from jzi.runtime.tiles import build_store
 
@@ -43,7 +53,7 @@ def run(out: Path, street_epochs: int, epochs: int, world_size: str, fresh: bool
     start = time.perf_counter()
 
     t = _step(1, f"synthetic world ({world_size}: {SIZES[world_size][0]} train / {SIZES[world_size][2]} test photos)")
-    if world.is_dir() and not fresh:
+    if world.is_dir() and not fresh and _world_version(world) == WORLD_VERSION:
         print(f"   reusing {world}")
     else:
         make_world(world, WorldConfig(sizes=SIZES[world_size]), overwrite=True, log=lambda s: print("   " + s))
@@ -51,7 +61,7 @@ def run(out: Path, street_epochs: int, epochs: int, world_size: str, fresh: bool
 
     t = _step(2, f"train the tiny model (CPU recipe: {street_epochs} epochs street phase, {epochs} epochs zoom decoder)")
     best = train_dir / "best.pt"
-    if best.is_file() and not fresh:
+    if best.is_file() and not fresh and best.stat().st_mtime >= (world / "world.json").stat().st_mtime:
         print(f"   reusing {best}")
     else:
         # jzi-train's CPU recipe: the encoder learns from street photos first, then the zoom decoder on its embeddings
@@ -59,7 +69,8 @@ def run(out: Path, street_epochs: int, epochs: int, world_size: str, fresh: bool
                 str(street_epochs), "--epochs", str(epochs), "--seed", "0", "--quiet"]
         if threads:
             argv += ["--threads", str(threads)]
-        if (train_dir / "last.pt").is_file() and not fresh:
+        last = train_dir / "last.pt"
+        if last.is_file() and not fresh and last.stat().st_mtime >= (world / "world.json").stat().st_mtime:
             argv.append("--resume")  # an interrupted demo continues its training
         if train_main(argv) != 0 or not best.is_file():
             print("demo: training failed (see above)", file=sys.stderr)
@@ -112,11 +123,15 @@ def localize_split(bundle: Path, store: Path, world: Path, viz: Path, threads: i
                          "error_m": float(distance_m([r.latitude, r.longitude], q.truth)), "path": r.path,
                          "true_path": loc.region.ground_truth_path(q.truth).tolist(),
                          "confidence": r.confidence, "step_probs": r.step_probs})
-    first = rows[0]
+    # the picture shows how a right answer is found: the first test photo answered within 100 m, if any
+    hits = [i for i, r in enumerate(rows) if r["error_m"] <= 100]
+    pick = hits[0] if hits else 0
+    first = rows[pick]
     views = view_images(loc.region, first["path"], source=open_source(world / "satellite"))
-    caption = (f"{first['image']}: answer {first['answer'][0]:.6f}, {first['answer'][1]:.6f}; truth "
+    which = "first test photo answered within 100 m" if hits else "first test photo"
+    caption = (f"{first['image']} ({which}): answer {first['answer'][0]:.6f}, {first['answer'][1]:.6f}; truth "
                f"{first['truth'][0]:.6f}, {first['truth'][1]:.6f}; error {first['error_m']:.0f} m (synthetic world)")
-    save_rgb(viz, draw_zoom(photos[0], views, loc.region, first["path"], first["step_probs"], first["truth"], caption))
+    save_rgb(viz, draw_zoom(photos[pick], views, loc.region, first["path"], first["step_probs"], first["truth"], caption))
     return rows, loc.region
 
 
@@ -208,7 +223,7 @@ def next_steps(out, world, train_dir, bundle, store, viz, answers, seconds: floa
     run = f"{_command('jzi-run')} --engine {bundle} --tiles {store}"
     photo = next(iter(sorted((world / "streetview" / "images").glob("test_*.jpg"))), "PHOTO.jpg")
     return (f"\nEvery photo's answer, error and path: {answers}\n"
-            f"Picture of one zoom path: {viz}\n"
+            f"Picture of a zoom path (the first test photo answered within 100 m): {viz}\n"
             f"Artifacts in {out}/: world/ (imagery and photos), {train_dir.name}/best.pt (checkpoint), "
             f"{bundle.name}/ (ONNX bundle), {store.name} (tile store)\n"
             f"\ndemo finished in {seconds:.0f} s. Next, try:\n"

@@ -11,8 +11,9 @@
 The imagery has structure at every zoom scale, so each of the four zoom steps carries information:
 each 2.5 km district (a level-0 cell) has its own ground palette; each 625 m neighbourhood (level 1)
 its own street-grid angle and spacing, roof colour family and greenery; each 156 m block (level 2)
-a land use (dense or sparse buildings, park, pond, plaza) and roof shade; below that, single
-buildings, trees, shadows, plus a river and arterial roads across cells.
+a land use (dense or sparse buildings, park, pond, plaza), its buildings' height and facade pattern,
+and a paving brightness and colourfulness on its open ground and streets; below that, single buildings, trees,
+shadows, plus a river and arterial roads across cells.
 
 A street photo looks outward from the ground: the surroundings are projected onto a ground plane
 seen from 2.5 m up (a perspective polar warp), buildings stand up as facades, the heading is random
@@ -48,6 +49,9 @@ SIZES = {"tiny": (64, 16, 16), "small": (600, 100, 200), "default": (6000, 300, 
 LAND_USES = ("dense", "sparse", "park", "pond", "plaza")
 LAND_USE_P = (0.55, 0.25, 0.08, 0.04, 0.08)
 BLOCK_HEIGHTS_M = (5.0, 12.0, 22.0, 40.0)  # building height by block column within a neighbourhood
+BLOCK_GROUND_TONE = (0.62, 0.80, 0.98, 1.16)  # paving brightness by block column
+BLOCK_GROUND_SATURATION = (0.35, 0.75, 1.15, 1.55)  # paving colourfulness by block row
+WORLD_VERSION = 2  # 2: blocks show their code on the ground (block_ground); 1: on buildings only
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,11 @@ class WorldConfig:
     fov_deg: tuple = (200.0, 360.0)  # random horizontal field of view of a street photo
     min_zoom: int = 8
     jpeg_quality: int = 90
+    # Each block's open ground and streets carry its code (brightness by column,
+    # colourfulness by row), so a street
+    # photo shows its block underfoot. False is version 1 of the world, where only buildings did and
+    # 27 % of photos saw nothing of their own block (parks, ponds, plazas, edges; RESULTS.md, issue 9).
+    block_ground: bool = True
 
 
 # ---- small procedural helpers ----------------------------------------------------------------------
@@ -248,11 +257,23 @@ class World:
             shift = max(1, int(round(0.5 * h_m / mpp)))
             tall = building & (height >= h_m * 0.85)
             shadow[:-shift, shift:] |= tall[shift:, :-shift]
+        if cfg.block_ground:
+            paving = ~(trees | water | edge1 | edge0 | building)
+            img = np.where(paving[..., None], self._pave(img, a2_row, a2_col), img)
         img = np.where((shadow & ~building)[..., None], img * 0.55, img)
         img = np.where(building[..., None], roof, img)
         img = np.clip(img * (1 + noise[..., None]), 0, 1)
         return (img * 255 + 0.5).astype(np.uint8), np.clip(height, 0, 255).astype(np.uint8), \
             np.where(building, pat, 0).astype(np.uint8), water
+
+    @staticmethod
+    def _pave(img, block_row, block_col) -> np.ndarray:
+        """A block's paving: its colourfulness by block row and its brightness by block column (the
+        ground keeps its district's hue). Large, flat cues: a photo sees them underfoot from any heading."""
+        grey = img.mean(axis=-1, keepdims=True)
+        sat = np.array(BLOCK_GROUND_SATURATION, np.float32)[block_row][..., None]
+        tone = np.array(BLOCK_GROUND_TONE, np.float32)[block_col][..., None]
+        return (grey + (img - grey) * sat) * tone
 
     # ---- street photos -------------------------------------------------------------------------------
     def latlon_to_pixel(self, latlon):
@@ -331,7 +352,7 @@ class World:
 
     def sample_positions(self, count: int, rng: np.random.Generator) -> np.ndarray:
         """Uniform positions inside the region, off water and buildings (photos are taken outdoors)."""
-        out = []
+        out = [np.empty((0, 2))]  # a split may be empty
         s, n, w, e = self.region.bounds_latlon()
         while sum(len(o) for o in out) < count:
             lat = rng.uniform(s, n, count)
@@ -440,7 +461,8 @@ def make_world(out, cfg: WorldConfig = WorldConfig(), overwrite: bool = False, p
         (tmp / "metadata").mkdir()
         for split, count in zip(SPLITS, cfg.sizes):
             write_split(world, tmp, split, count, cfg.seed, progress)
-        info = {"format": WORLD_FORMAT, "version": 1, "config": asdict(cfg), "raster_px": world.px,
+        version = WORLD_VERSION if cfg.block_ground else 1
+        info = {"format": WORLD_FORMAT, "version": version, "config": asdict(cfg), "raster_px": world.px,
                 "raster_bounds": dict(zip(("south", "north", "west", "east"), world.bounds)),
                 "splits": dict(zip(SPLITS, cfg.sizes)), "seconds": round(time.perf_counter() - t0, 1)}
         (tmp / "world.json").write_text(json.dumps(info, indent=2))
@@ -467,6 +489,8 @@ def main(argv=None) -> int:
     p.add_argument("--test", type=int, help="test queries (overrides --size)")
     p.add_argument("--meters-per-pixel", type=float, default=WorldConfig.meters_per_pixel,
                    help="satellite raster resolution (default %(default)s)")
+    p.add_argument("--buildings-only", action="store_true",
+                   help="version 1 of the world: blocks show their code on buildings only, not on their paving")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     a = p.parse_args(argv)
@@ -478,7 +502,8 @@ def main(argv=None) -> int:
             sizes[i] = v
     if not 0.25 <= a.meters_per_pixel <= 20:
         p.error("--meters-per-pixel must be within 0.25 .. 20")
-    cfg = WorldConfig(seed=a.seed, sizes=tuple(sizes), meters_per_pixel=a.meters_per_pixel)
+    cfg = WorldConfig(seed=a.seed, sizes=tuple(sizes), meters_per_pixel=a.meters_per_pixel,
+                      block_ground=not a.buildings_only)
     try:
         make_world(a.out, cfg, overwrite=a.overwrite, progress=not a.quiet,
                    log=(lambda *_: None) if a.quiet else print)

@@ -115,6 +115,39 @@ def test_each_zoom_level_carries_information(small_world):
         assert np.min(d + 1e9 * np.eye(16)) > 3, level  # no two siblings look alike
 
 
+def test_each_block_shows_its_code_on_its_paving(small_world):
+    """Version 2 of the world: a block's open ground and streets take its code (brightness by block column,
+    colourfulness by block row), so a photo shows its block underfoot; --buildings-only is version 1."""
+    from jzi.export.synthetic import BLOCK_GROUND_SATURATION, BLOCK_GROUND_TONE
+
+    w2 = small_world
+    w1 = World(WorldConfig(seed=2, meters_per_pixel=10.0, sizes=(0, 0, 0), block_ground=False))
+    r = w2.region
+    a, b = w1.image.astype(np.float64), w2.image.astype(np.float64)
+    assert np.array_equal(w1.height, w2.height) and np.array_equal(w1.water, w2.water)  # same places
+    mpp = w2.span_m / w2.px
+    ys = (np.arange(w2.px) + 0.5) * mpp - w2.cfg.margin_m
+    blocks = np.floor(ys / r.level_size_m(3)).astype(int)
+    checked = 0
+    for row in range(16, 20):  # the 16 blocks of one neighbourhood
+        for col in range(16, 20):
+            inside = (blocks[:, None] == row) & (blocks[None, :] == col)
+            paved = inside & (w2.height == 0) & ~w2.water & (np.abs(a - b).sum(-1) > 3) & (a.mean(-1) > 20)
+            assert paved.sum() > 20
+            tone = np.median(b[paved].mean(-1) / a[paved].mean(-1))
+            colourful = np.median(b[paved].std(-1) / np.maximum(a[paved].std(-1), 1)) / tone
+            assert abs(tone - BLOCK_GROUND_TONE[col % 4]) < 0.06, (row, col, tone)
+            assert abs(colourful - BLOCK_GROUND_SATURATION[row % 4]) < 0.15, (row, col, colourful)
+            checked += 1
+    assert checked == 16
+
+
+def test_buildings_only_writes_version_1(tmp_path):
+    assert synth(tmp_path / "v1", "--buildings-only", "--train", "0", "--val", "0", "--test", "1").returncode == 0
+    info = json.loads((tmp_path / "v1" / "world.json").read_text())
+    assert info["version"] == 1 and info["config"]["block_ground"] is False
+
+
 def test_generation_is_torch_free():
     code = "import sys, jzi.export.synthetic; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
