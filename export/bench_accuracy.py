@@ -7,6 +7,8 @@ import numpy as np
 
 from .bench_workdir import Workdir
 
+BEAMS = 4
+
 
 def suite_accuracy(args, wd: Workdir) -> list[dict]:
     """Synthetic test split: PyTorch, the runtime (fp32/int8, fp32/fp16 store, greedy/beam 4), InfoNCE retrieval."""
@@ -32,20 +34,26 @@ def suite_accuracy(args, wd: Workdir) -> list[dict]:
     latlon = np.array([r.latlon for r in records])
     torch_paths = np.array(torch_eval["paths"])
     rows = [{"method": "PyTorch greedy (jzi-eval)", **_recalls(torch_eval)}]
+    # (bundle precision, store dtype, precision of the bundle that built the store, beams)
+    variants = (("fp32", "float32", "fp32", 1), ("fp32", "float16", "fp32", 1), ("int8", "float16", "fp32", 1),
+                ("int8", "float16", "int8", 1), ("fp32", "float16", "fp32", BEAMS))
     stores = {}
-    for dtype in ("float32", "float16"):
-        stores[dtype] = wd.root / f"{ckpt.stem}-{dtype}.jzt"
-        if not (stores[dtype] / "tiles.json").exists():
-            build_store(stores[dtype], wd.bundle(ckpt, "fp32"), root / "satellite", threads=args.threads,
+    for _, dtype, builder, _ in variants:
+        stores[builder, dtype] = wd.root / f"{ckpt.stem}-{builder}-{dtype}.jzt"
+        if not (stores[builder, dtype] / "tiles.json").exists():
+            build_store(stores[builder, dtype], wd.bundle(ckpt, builder), root / "satellite", threads=args.threads,
                         dtype=dtype, force=True, progress=False)
-    for precision, dtype, beams in (("fp32", "float32", 1), ("fp32", "float16", 1), ("int8", "float16", 1),
-                                    ("fp32", "float16", 4)):
-        loc = Localizer(wd.bundle(ckpt, precision), stores[dtype], backend="ort-cpu", threads=args.threads)
+    fp32_paths = None
+    for precision, dtype, builder, beams in variants:
+        loc = Localizer(wd.bundle(ckpt, precision), stores[builder, dtype], backend="ort-cpu", threads=args.threads)
         res = [loc.localize(p, beams=beams) for p in photos]
         paths = np.array([r.path for r in res])
+        fp32_paths = paths if fp32_paths is None else fp32_paths  # the first variant: fp32 bundle and store
         m = path_metrics(paths, truth, latlon, region)
-        row = {"method": f"jzi {precision} bundle, {dtype} store, " + ("greedy" if beams == 1 else f"beam {beams}"),
-               **_recalls(m), "same_path_as_pytorch": float((paths == torch_paths).all(1).mean())}
+        row = {"method": f"jzi {precision} bundle, {dtype} store built by the {builder} bundle, "
+                         + ("greedy" if beams == 1 else f"beam {beams} (top candidate)"),
+               **_recalls(m), "same_path_as_pytorch": float((paths == torch_paths).all(1).mean()),
+               "same_final_cell_as_fp32": float((paths == fp32_paths).all(1).mean())}
         if beams > 1:
             best = np.array([[distance_m(np.array([c.latitude, c.longitude]), ll) for c in r.candidates]
                              for r, ll in zip(res, latlon)]).min(1)

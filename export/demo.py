@@ -1,6 +1,6 @@
 """``make demo``: from nothing to localized photos on a plain CPU, in a few minutes.
 
-    python -m jzi.export.demo [--out demo-out] [--street-epochs 8] [--epochs 15] [--world default] [--fresh]
+    python -m jzi.export.demo [--out demo-out] [--street-epochs 8] [--epochs 15] [--world default] [--easy] [--fresh]
 
 1. a synthetic world over the default 10 km region with train/val/test street photos (jzi-synth),
 2. the tiny model trained on it with jzi-train's CPU recipe for a fixed number of epochs (seeded, so
@@ -23,14 +23,18 @@ from pathlib import Path
 from jzi.runtime.extras import install_hint, missing_extras
 
 
-def _world_version(world: Path) -> int | None:
-    """The version of a world an earlier run left (an older one is made again, with its model)."""
+def _same_world(world: Path, cfg) -> bool:
+    """Whether an earlier run left this very world (version and settings); any other is made again."""
     import json
+    from dataclasses import asdict
+
+    from jzi.export.synthetic import WORLD_VERSION
 
     try:
-        return json.loads((world / "world.json").read_text()).get("version")
+        info = json.loads((world / "world.json").read_text())
+        return info.get("version") == WORLD_VERSION and info.get("config") == json.loads(json.dumps(asdict(cfg)))
     except (OSError, ValueError, AttributeError):
-        return None
+        return False
 
 
 def _step(n: int, text: str) -> float:
@@ -42,9 +46,10 @@ def _done(t0: float, what: str = "done") -> None:
     print(f"   {what} in {time.perf_counter() - t0:.1f} s", flush=True)
 
 
-def run(out: Path, street_epochs: int, epochs: int, world_size: str, fresh: bool, threads: int | None) -> int:
+def run(out: Path, street_epochs: int, epochs: int, world_size: str, easy: bool, fresh: bool,
+        threads: int | None) -> int:
     from jzi.export.onnx_export import export_bundle
-    from jzi.export.synthetic import SIZES, WORLD_VERSION, WorldConfig, make_world
+    from jzi.export.synthetic import SIZES, WorldConfig, easy_config, make_world
     from jzi.export.train import main as train_main
     from jzi.runtime.tiles import build_store
 
@@ -52,11 +57,14 @@ def run(out: Path, street_epochs: int, epochs: int, world_size: str, fresh: bool
     viz = out / "zoom_path.png"
     start = time.perf_counter()
 
-    t = _step(1, f"synthetic world ({world_size}: {SIZES[world_size][0]} train / {SIZES[world_size][2]} test photos)")
-    if world.is_dir() and not fresh and _world_version(world) == WORLD_VERSION:
+    cfg = WorldConfig(sizes=SIZES[world_size])
+    cfg = easy_config(cfg) if easy else cfg
+    t = _step(1, f"synthetic world ({world_size}{', easy' if easy else ''}: {SIZES[world_size][0]} train / "
+                 f"{SIZES[world_size][2]} test photos)")
+    if world.is_dir() and not fresh and _same_world(world, cfg):
         print(f"   reusing {world}")
     else:
-        make_world(world, WorldConfig(sizes=SIZES[world_size]), overwrite=True, log=lambda s: print("   " + s))
+        make_world(world, cfg, overwrite=True, log=lambda s: print("   " + s))
     _done(t)
 
     t = _step(2, f"train the tiny model (CPU recipe: {street_epochs} epochs street phase, {epochs} epochs zoom decoder)")
@@ -239,6 +247,8 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=15, help="epochs of the zoom decoder (default %(default)s)")
     p.add_argument("--world", choices=("tiny", "small", "default"), default="default",
                    help="world size (default %(default)s: 6000 training photos)")
+    p.add_argument("--easy", action="store_true", help="jzi-synth's --easy world: full panoramas, no occluders, "
+                   "no camera changes (the default world is the benchmark)")
     p.add_argument("--threads", type=int, help="CPU threads for training and inference (default: all cores)")
     p.add_argument("--fresh", action="store_true", help="redo every step instead of reusing earlier results")
     a = p.parse_args(argv)
@@ -249,7 +259,7 @@ def main(argv=None) -> int:
     if a.street_epochs < 1 or a.epochs < 1:
         p.error("--street-epochs and --epochs must be >= 1")
     try:
-        return run(Path(a.out), a.street_epochs, a.epochs, a.world, a.fresh, a.threads)
+        return run(Path(a.out), a.street_epochs, a.epochs, a.world, a.easy, a.fresh, a.threads)
     except KeyboardInterrupt:
         print("demo: interrupted; run it again to continue where it stopped", file=sys.stderr)
         return 130

@@ -33,7 +33,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -71,6 +71,15 @@ class WorldConfig:
     # photo shows its block underfoot. False is version 1 of the world, where only buildings did and
     # 27 % of photos saw nothing of their own block (parks, ponds, plazas, edges; RESULTS.md, issue 9).
     block_ground: bool = True
+    # No poles or cars in front of the camera, and no exposure, white-balance, blur or noise changes
+    # (the --easy world, with full panoramas)
+    clean_camera: bool = False
+
+
+def easy_config(cfg: WorldConfig) -> WorldConfig:
+    """The --easy world: the same city, photographed as clean full panoramas (a named, easier option
+    for quick demonstrations; the default world is the benchmark)."""
+    return replace(cfg, fov_deg=(360.0, 360.0), clean_camera=True)
 
 
 # ---- small procedural helpers ----------------------------------------------------------------------
@@ -333,6 +342,8 @@ class World:
         shade = np.where(dark, 0.6, 1.0)
         photo = np.where(facade[..., None], colour[None, :, :] * shade[..., None], photo)
 
+        if cfg.clean_camera:
+            return np.clip(photo, 0, 255).astype(np.uint8)
         # occluders: poles and cars
         for _ in range(rng.integers(0, 4)):
             c, w = int(rng.integers(0, W)), int(rng.integers(2, 5))
@@ -491,6 +502,8 @@ def main(argv=None) -> int:
                    help="satellite raster resolution (default %(default)s)")
     p.add_argument("--buildings-only", action="store_true",
                    help="version 1 of the world: blocks show their code on buildings only, not on their paving")
+    p.add_argument("--easy", action="store_true", help="an easier world for quick demonstrations: full "
+                   "panoramas, no occluders, no camera changes (the default world is the benchmark)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     a = p.parse_args(argv)
@@ -504,6 +517,8 @@ def main(argv=None) -> int:
         p.error("--meters-per-pixel must be within 0.25 .. 20")
     cfg = WorldConfig(seed=a.seed, sizes=tuple(sizes), meters_per_pixel=a.meters_per_pixel,
                       block_ground=not a.buildings_only)
+    if a.easy:
+        cfg = easy_config(cfg)
     try:
         make_world(a.out, cfg, overwrite=a.overwrite, progress=not a.quiet,
                    log=(lambda *_: None) if a.quiet else print)

@@ -612,8 +612,9 @@ def parse_args(argv=None):
                    "end with photos and views decoded once into memory and augmented in batches (fast); cpu: a street "
                    "phase (encoder + per-step heads on photos alone) then the zoom decoder on the frozen encoder, "
                    "the recipe that learns within minutes on 2 CPU cores (default %(default)s)")
-    p.add_argument("--street-epochs", type=int, default=20,
-                   help="--recipe cpu: epochs of the street phase, before the zoom phase's --epochs (default %(default)s)")
+    p.add_argument("--street-epochs", type=int,
+                   help="--recipe cpu: epochs of the street phase, before the zoom phase's --epochs (default 20, or "
+                   "unbounded with --minutes)")
     p.add_argument("--hue-jitter", type=float, default=0.0,
                    help="--recipe memory/cpu: hue jitter strength (the authors' 0.05 erases hue-coded places; default 0)")
     p.add_argument("--aux-weight", type=float, default=0.0,
@@ -651,6 +652,8 @@ def parse_args(argv=None):
     a = p.parse_args(argv)
     if a.lr is None:
         a.lr = 1e-3 if a.recipe == "cpu" else 3e-4
+    if a.street_epochs is None and not a.minutes:
+        a.street_epochs = 20
     if a.street_copies is None:
         a.street_copies = 2 if a.recipe == "cpu" else 4
     for name in ("batch_size", "street_copies", "val_every", "street_epochs"):
@@ -680,6 +683,16 @@ def test_checkpoint(path, a, log=print) -> dict:
 ZOOM_SHARE, ZOOM_MAX_MINUTES = 0.2, 3.0
 
 
+def _street_phase_finished(last: Path, street) -> bool:
+    """Whether the street phase's ``last.pt`` has run its epochs or spent its minutes."""
+    if not last.is_file():
+        return False
+    state = read_torch_file(last).get("train_state", {})
+    if street.epochs is not None and state.get("epoch", 0) >= street.epochs:
+        return True
+    return bool(street.minutes) and state.get("elapsed_s", 0.0) >= 60 * street.minutes
+
+
 def train_cpu_recipe(a, dist: Distributed) -> None:
     """``--recipe cpu``, two phases in one command:
 
@@ -698,7 +711,7 @@ def train_cpu_recipe(a, dist: Distributed) -> None:
                                    "minutes": budget - zoom_minutes if budget else None, "views_cache_dir": str(out),
                                    "frozen_encoder": False, "save_every": 0})
     done = out / "encoder" / "last.pt"
-    if not (a.resume and done.is_file() and read_torch_file(done).get("epoch", 0) >= a.street_epochs):
+    if not (a.resume and _street_phase_finished(done, street)):
         Run(street, dist).fit()
     dist.barrier()
     zoom = argparse.Namespace(**{**vars(a), "phase": "zoom", "frozen_encoder": True, "init": str(done),

@@ -60,3 +60,22 @@ def test_table_answers_file_and_next_steps(tmp_path):
     assert len(run_lines) == 3 and "--beams 4" in run_lines[1] and "--viz path.png --source" in run_lines[2]
     assert all("test_000000_undistorted.jpg" in line for line in run_lines)
     assert len(tail.splitlines()) < 12
+
+
+def test_demo_reuses_only_the_same_world(tmp_path):
+    """An earlier run's world is reused only when its version and settings are this run's."""
+    import json
+    from dataclasses import asdict
+
+    from jzi.export.demo import _same_world
+    from jzi.export.synthetic import WORLD_VERSION, WorldConfig, easy_config
+
+    cfg = WorldConfig(sizes=(6, 2, 2))
+    (tmp_path / "world.json").write_text(json.dumps({"version": WORLD_VERSION, "config": asdict(cfg)}))
+    assert _same_world(tmp_path, cfg)
+    assert not _same_world(tmp_path, easy_config(cfg))
+    assert not _same_world(tmp_path, WorldConfig(sizes=(7, 2, 2)))
+    (tmp_path / "world.json").write_text(json.dumps({"version": 1, "config": asdict(cfg)}))
+    assert not _same_world(tmp_path, cfg)
+    (tmp_path / "world.json").write_text("{not json")
+    assert not _same_world(tmp_path, cfg)

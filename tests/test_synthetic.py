@@ -148,6 +148,20 @@ def test_buildings_only_writes_version_1(tmp_path):
     assert info["version"] == 1 and info["config"]["block_ground"] is False
 
 
+def test_easy_world_photos_are_clean_panoramas(small_world):
+    """--easy: the same city, photographed without occluders or camera changes: turning the camera only
+    rolls the panorama (up to the sampling of one column), while the default world's photos differ more."""
+    from jzi.export.synthetic import easy_config
+
+    w = World(easy_config(small_world.cfg))
+    pos = w.region.child_center(w.region.center, w.region.size_m, 5)
+    a = w.street_photo(pos, 0.0, 360.0, np.random.default_rng(1)).astype(np.float64)
+    b = w.street_photo(pos, 90.0, 360.0, np.random.default_rng(2)).astype(np.float64)
+    rolled = np.abs(np.roll(a, -a.shape[1] // 4, axis=1) - b)
+    assert np.median(rolled) < 2 and np.abs(a - b).mean() > 5
+    assert np.array_equal(w.image, small_world.image)  # the same imagery
+
+
 def test_generation_is_torch_free():
     code = "import sys, jzi.export.synthetic; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -248,3 +248,21 @@ def test_cpu_recipe_street_phase_then_zoom_phase(world, views_cache, tmp_path):
     mtime = (out / "encoder" / "last.pt").stat().st_mtime_ns
     run_train(world, out, views_cache, *args, "--resume")
     assert (out / "encoder" / "last.pt").stat().st_mtime_ns == mtime
+
+
+def test_cpu_recipe_budget_splits_minutes_and_does_not_cap_street_epochs(tmp_path):
+    """With --minutes, the street phase runs until its share of the budget is spent (not a fixed 20 epochs),
+    the zoom phase gets 20 % of the budget up to 3 minutes; a finished phase is known by epochs or minutes."""
+    from argparse import Namespace
+
+    from jzi.export.train import _street_phase_finished, parse_args
+
+    assert parse_args(["w", "--out", "o", "--recipe", "cpu", "--minutes", "60"]).street_epochs is None
+    assert parse_args(["w", "--out", "o", "--recipe", "cpu"]).street_epochs == 20
+    last = tmp_path / "last.pt"
+    assert not _street_phase_finished(last, Namespace(epochs=None, minutes=57.0))
+    torch.save({"epoch": 40, "train_state": {"epoch": 40, "elapsed_s": 1200.0}}, last)
+    assert not _street_phase_finished(last, Namespace(epochs=None, minutes=57.0))  # 20 of 57 minutes
+    assert _street_phase_finished(last, Namespace(epochs=None, minutes=20.0))
+    assert _street_phase_finished(last, Namespace(epochs=40, minutes=None))
+    assert not _street_phase_finished(last, Namespace(epochs=41, minutes=None))
