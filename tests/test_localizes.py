@@ -51,7 +51,8 @@ def test_a_short_cpu_training_localizes_far_above_chance(tmp_path):
     make_world(root, WorldConfig(seed=11, meters_per_pixel=10.0, sizes=(480, 48, 96)), log=lambda *a: None)
     paths, truth, errors, chance = _train_export_localize(root, tmp_path, street_epochs=8, epochs=40, batch=32)
     first = float((paths[:, 0] == truth[:, 0]).mean())
-    assert first >= 5 * CHANCE_FIRST_STEP, f"first step right for {first:.0%} of photos; chance is 6 %"
+    # 4x chance: world version 2's paving code made the district step harder (RESULTS.md, issue 9)
+    assert first >= 4 * CHANCE_FIRST_STEP, f"first step right for {first:.0%} of photos; chance is 6 %"
     assert np.median(errors) < 0.75 * chance, f"median error {np.median(errors):.0f} m, chance {chance:.0f} m"
 
 
