@@ -235,7 +235,7 @@ PYBIND11_MODULE(_native, m) {
         return out;
     }, py::arg("rgb"), py::arg("image_size"));
     m.def("path_center", [](const std::string& region_json, const std::vector<int64_t>& path) {
-        const Region r = region_from_json(nlohmann::json::parse(region_json));
+        const Region r = region_from_json(Json::parse(region_json));
         const LatLon c = r.path_center(path.data(), static_cast<int>(path.size()));
         return py::make_tuple(c.lat, c.lon);
     }, py::arg("region_json"), py::arg("path"));
