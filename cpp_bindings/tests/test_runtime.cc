@@ -248,7 +248,7 @@ static void test_bundle() {
         {[](json& m, const fs::path&) { m["format_version"] = 2; }, "format_version 2, this jzi reads 1"},
         {[](json& m, const fs::path&) { m.erase("tensors"); }, "manifest.json: tensors is missing"},
         {[](json& m, const fs::path&) { m["width"] = "wide"; }, "width must be an integer in 1..65536, got 'wide'"},
-        {[](json& m, const fs::path&) { m["n_actions"] = 15; }, "n_actions must be an integer in 4..256, got 15"},
+        {[](json& m, const fs::path&) { m["n_actions"] = 300; }, "n_actions must be an integer in 4..256, got 300"},
         {[](json& m, const fs::path&) { m["n_actions"] = 25; }, "n_actions is 25, a 4x4 grid has 16"},
         {[](json& m, const fs::path&) { m["decoder"]["cache_len"] = 4; }, "decoder.cache_len is 4, 4 steps need 8"},
         {[](json& m, const fs::path&) { m["tensors"]["decoder"]["outputs"][0]["shape"] = {"batch", 15}; },
