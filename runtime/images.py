@@ -212,11 +212,16 @@ def _j2k_size(data: bytes) -> tuple[int, int]:
     return xsiz - xo, ysiz - yo
 
 
+AVIF_MAX_DEPTH = 16
+
+
 def _avif_size(data: bytes) -> tuple[int, int]:
     """ISO BMFF: the largest 'ispe' (image spatial extents) in meta/iprp/ipco."""
     sizes = []
 
-    def walk(start: int, end: int) -> None:
+    def walk(start: int, end: int, depth: int = 0) -> None:
+        if depth > AVIF_MAX_DEPTH:  # ispe lies 3 boxes deep; a file of nested boxes must not exhaust the stack
+            raise ImageError("AVIF with boxes nested too deep")
         i = start
         while i + 8 <= end:
             length, kind = struct.unpack(">I4s", data[i:i + 8])
@@ -228,9 +233,9 @@ def _avif_size(data: bytes) -> tuple[int, int]:
             if length < header or i + length > end:
                 raise ImageError("AVIF with a broken box")
             if kind == b"meta":
-                walk(i + header + 4, i + length)  # a full box: version and flags first
+                walk(i + header + 4, i + length, depth + 1)  # a full box: version and flags first
             elif kind in (b"iprp", b"ipco"):
-                walk(i + header, i + length)
+                walk(i + header, i + length, depth + 1)
             elif kind == b"ispe":
                 sizes.append(struct.unpack(">II", data[i + header + 4:i + header + 12]))
             i += length
@@ -248,7 +253,7 @@ def _pnm_tokens(data: bytes, count: int, start: int) -> list[int]:
         while data[i:i + 1].isspace():
             i += 1
         if data[i:i + 1] == b"#":
-            while data[i:i + 1] not in (b"\n", b"\r"):
+            while i < len(data) and data[i:i + 1] not in (b"\n", b"\r"):  # a comment to the end of the data
                 i += 1
             continue
         j = i

@@ -188,6 +188,24 @@ def test_headers_missing_their_size_fields_are_one_line():
             header_size(data)
 
 
+def nested_avif_boxes(depth: int) -> bytes:
+    """An AVIF 'ftyp' followed by ``depth`` meta boxes, each inside the last."""
+    box = b""
+    for _ in range(depth):
+        body = b"\0\0\0\0" + box  # version and flags, then the inner box
+        box = struct.pack(">I", 8 + len(body)) + b"meta" + body
+    return struct.pack(">I", 16) + b"ftypavif\0\0\0\0" + box
+
+
+def test_headers_that_never_end_are_refused_in_bounded_time():
+    """A PNM comment running to the end of the data looped forever; AVIF boxes nested 2000 deep raised
+    RecursionError. Both are one ImageError line now."""
+    with pytest.raises(ImageError, match="truncated or corrupt PNM header"):
+        header_size(b"P6\n# a comment without its line end")
+    with pytest.raises(ImageError, match="AVIF with boxes nested too deep"):
+        header_size(nested_avif_boxes(2000))
+
+
 def test_codec_warnings_stay_off_stderr_when_asked(tmp_path):
     """A PNG with a CRC error: libpng prints to fd 2 itself; with QUIET_CODECS (set by jzi-run) nothing shows."""
     import subprocess

@@ -226,6 +226,10 @@ PYBIND11_MODULE(_native, m) {
         const std::string s = data;
         return mat_to_array(decode_image(reinterpret_cast<const uint8_t*>(s.data()), s.size(), max_pixels));
     }, py::arg("data"), py::arg("max_pixels") = kMaxPixels);
+    m.def("header_size", [](const py::bytes& data) {
+        const std::string s = data;
+        return header_size(reinterpret_cast<const uint8_t*>(s.data()), s.size());
+    }, py::arg("data"));
     m.def("read_image", [](const fs::path& path, int64_t max_pixels) { return mat_to_array(read_image(path, max_pixels)); },
           py::arg("path"), py::arg("max_pixels") = kMaxPixels);
     m.def("street_input", [](const py::array& rgb, int image_size) {
@@ -235,7 +239,7 @@ PYBIND11_MODULE(_native, m) {
         return out;
     }, py::arg("rgb"), py::arg("image_size"));
     m.def("path_center", [](const std::string& region_json, const std::vector<int64_t>& path) {
-        const Region r = region_from_json(nlohmann::json::parse(region_json));
+        const Region r = region_from_json(Json::parse(region_json));
         const LatLon c = r.path_center(path.data(), static_cast<int>(path.size()));
         return py::make_tuple(c.lat, c.lon);
     }, py::arg("region_json"), py::arg("path"));

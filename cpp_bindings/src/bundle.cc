@@ -3,6 +3,8 @@
 
 #include <openssl/evp.h>
 
+#include "jzi/schema.h"
+
 #include <cmath>
 #include <fstream>
 #include <memory>
@@ -13,6 +15,7 @@ namespace jzi {
 const char* const kGraphs[3] = {"view_encoder", "street_encoder", "decoder"};
 
 namespace {
+
 constexpr const char* kFormat = "jzi-bundle";
 constexpr int kFormatVersion = 1;
 constexpr const char* kManifest = "manifest.json";
@@ -38,28 +41,92 @@ std::string finish(Digest& ctx) {
     return out;
 }
 
-// A positive integer field (not a bool, not a float); one Bundle error line otherwise.
-int positive_int(const nlohmann::json& doc, const std::string& key, const fs::path& where, int64_t hi = 1 << 20) {
-    const auto& v = doc.at(key);
-    if (!v.is_number_integer() || v.get<int64_t>() < 1 || v.get<int64_t>() > hi)
-        throw BundleError(where.string() + ": '" + key + "' must be an integer in 1.." + std::to_string(hi) + ", got " + py_repr(v));
-    return static_cast<int>(v.get<int64_t>());
+const std::vector<std::string> kDtypes = {"uint8", "int32", "int64", "float16", "float32"};
+
+// MANIFEST_SCHEMA of runtime/bundle.py: every field the runtime reads, with its type and range.
+const schema::Validator& manifest_schema() {
+    using namespace schema;
+    static const Validator tensor = obj({{"name", string()},
+                                         {"dtype", string(kDtypes)},
+                                         {"shape", list_of(one_of({integer(0, int64_t(1) << 31), string()}), -1, 8)}});
+    static const Validator graph_io = obj({{"inputs", list_of(tensor, -1, 4096)}, {"outputs", list_of(tensor, -1, 4096)}});
+    static const Validator file = obj({{"path", string()}, {"sha256", string({}, 64)}}, {{"bytes", integer(0, int64_t(1) << 50)}});
+    static const Validator manifest = obj(
+        {{"region", region()},
+         {"grid", integer(2, 16)},
+         {"steps", integer(1, 12)},
+         {"n_actions", integer(4, 256)},
+         {"width", integer(1, 1 << 16)},
+         {"image_size", integer(1, 1 << 14)},
+         {"street_size", list_of(integer(1, 1 << 15), 2)},
+         {"precision", string({"fp32", "fp16", "int8"})},
+         {"decoder", obj({{"layers", integer(1, 256)}, {"heads", integer(1, 1024)}, {"head_dim", integer(1, 1 << 14)},
+                          {"cache_len", integer(2, 48)}})},
+         {"tensors", obj({{"view_encoder", graph_io}, {"street_encoder", graph_io}, {"decoder", graph_io}})},
+         {"files", mapping(file)},
+         {"encoder_id", string()}},
+        {{"normalization", obj({{"mean", list_of(number(0, 1), 3)}, {"std", list_of(number(0, 1e3, true), 3)}})},
+         {"tensorrt", any_value()},
+         {"parity", any_value()}});
+    return manifest;
 }
 
-GraphSpec graph_spec(const nlohmann::json& spec, const std::string& graph, const fs::path& where) {
+// tensor_specs of runtime/bundle.py: what the scalar fields imply every graph's inputs and outputs are.
+std::map<std::string, std::pair<Json, Json>> implied_tensors(const Manifest& m) {
+    const int64_t s = m.image_size, d = m.width;
+    const Json cache = {"batch", m.heads, m.cache_len, m.head_dim};
+    auto t = [](const std::string& name, const Json& shape, const char* dtype) { return Json{{"name", name}, {"shape", shape}, {"dtype", dtype}}; };
+    Json dec_in = {t("query", {"batch", d}, "float32"), t("view", {"batch", d}, "float32"), t("prev_action", {"batch"}, "int64"),
+                   t("step", Json::array(), "int64")};
+    Json dec_out = Json::array({t("logits", {"batch", m.n_actions}, "float32")});
+    for (const auto& n : past_names(m.layers)) dec_in.push_back(t(n, cache, "float32"));
+    for (const auto& n : present_names(m.layers)) dec_out.push_back(t(n, cache, "float32"));
+    const Json embedding = Json::array({t("embedding", {"batch", d}, "float32")});
+    return {{"view_encoder", {Json::array({t("images", {"batch", s, s, 3}, "uint8")}), embedding}},
+            {"street_encoder", {Json::array({t("images", {"batch", s, 2 * s, 3}, "uint8")}), embedding}},
+            {"decoder", {dec_in, dec_out}}};
+}
+
+// The first way the manifest's fields disagree with each other (_check_consistency), or "".
+std::string inconsistency(const Manifest& m, const Json& doc) {
+    const Region& r = m.region;
+    if (r.grid != m.grid || r.steps != m.steps || r.view_px != m.image_size)
+        return "region.grid/steps/view_px disagree with grid/steps/image_size";
+    if (m.n_actions != m.grid * m.grid)
+        return "n_actions is " + std::to_string(m.n_actions) + ", a " + std::to_string(m.grid) + "x" + std::to_string(m.grid) +
+               " grid has " + std::to_string(m.grid * m.grid);
+    if (doc["street_size"] != Json::array({m.image_size, 2 * m.image_size}))
+        return "street_size is " + schema::py_repr(doc["street_size"]) + ", image_size " + std::to_string(m.image_size) + " needs [S, 2S]";
+    if (m.cache_len != 2 * m.steps)
+        return "decoder.cache_len is " + std::to_string(m.cache_len) + ", " + std::to_string(m.steps) + " steps need " + std::to_string(2 * m.steps);
+    if (m.heads * m.head_dim != m.width)
+        return "decoder.heads x decoder.head_dim is " + std::to_string(m.heads * m.head_dim) + ", width is " + std::to_string(m.width);
+    const auto expected = implied_tensors(m);
+    for (const char* graph : kGraphs) {
+        for (const char* side : {"inputs", "outputs"}) {
+            const Json& got = doc["tensors"][graph][side];
+            const Json& want = std::string(side) == "inputs" ? expected.at(graph).first : expected.at(graph).second;
+            bool same_names = got.size() == want.size();
+            for (size_t i = 0; same_names && i < got.size(); ++i) same_names = got[i]["name"] == want[i]["name"];
+            if (!same_names) return std::string("tensors.") + graph + "." + side + " names disagree with decoder.layers/the graph contract";
+            for (size_t i = 0; i < got.size(); ++i)
+                if (got[i]["dtype"] != want[i]["dtype"] || got[i]["shape"] != want[i]["shape"])
+                    return std::string("tensors.") + graph + "." + side + " '" + got[i]["name"].get<std::string>() + "' is " +
+                           got[i]["dtype"].get<std::string>() + " " + schema::py_repr(got[i]["shape"]) + ", the manifest's sizes imply " +
+                           want[i]["dtype"].get<std::string>() + " " + schema::py_repr(want[i]["shape"]);
+        }
+    }
+    return "";
+}
+
+GraphSpec graph_spec(const Json& spec) {
     GraphSpec g;
-    for (const char* side : {"inputs", "outputs"}) {
-        if (!spec.is_object() || !spec.contains(side) || !spec[side].is_array())
-            throw BundleError(where.string() + ": tensors." + graph + "." + side + " must be a list");
+    for (const char* side : {"inputs", "outputs"})
         for (const auto& t : spec[side]) {
-            if (!t.is_object() || !t.contains("name") || !t["name"].is_string() || !t.contains("shape") ||
-                !t["shape"].is_array() || !t.contains("dtype") || !t["dtype"].is_string())
-                throw BundleError(where.string() + ": tensors." + graph + "." + side + " entries need name, shape and dtype");
             TensorSpec ts{t["name"].get<std::string>(), {}, t["dtype"].get<std::string>()};
             for (const auto& d : t["shape"]) ts.shape.push_back(d.is_number_integer() ? d.get<int64_t>() : -1);
             (std::string(side) == "inputs" ? g.inputs : g.outputs).push_back(ts);
         }
-    }
     return g;
 }
 
@@ -105,148 +172,60 @@ std::vector<std::string> present_names(int layers) {
     return out;
 }
 
-std::string py_repr(const nlohmann::json& v) {
-    if (v.is_string()) return "'" + v.get<std::string>() + "'";
-    if (v.is_null()) return "None";
-    if (v.is_boolean()) return v.get<bool>() ? "True" : "False";
-    if (v.is_array()) {
-        std::string out = "[";
-        for (size_t i = 0; i < v.size(); ++i) out += (i ? ", " : "") + py_repr(v[i]);
-        return out + "]";
-    }
-    if (v.is_object()) {
-        std::string out = "{";
-        bool first = true;
-        for (auto it = v.begin(); it != v.end(); ++it, first = false) out += (first ? "'" : ", '") + it.key() + "': " + py_repr(it.value());
-        return out + "}";
-    }
-    return v.dump();
-}
-
-nlohmann::json read_json_document(const fs::path& path, const std::string& format, int version, const std::string& what,
-                                  ErrorKind kind, const std::vector<std::string>& required) {
-    std::ifstream f(path, std::ios::binary);
-    if (!f) throw Error(ErrorKind::Io, path.string() + ": cannot read");
-    std::stringstream text;
-    text << f.rdbuf();
-    nlohmann::json doc;
-    try {
-        doc = nlohmann::json::parse(text.str());
-    } catch (const nlohmann::json::exception& e) {
-        std::string why = e.what();  // "[json.exception.parse_error.101] parse error at line 1, column 3: ..."
-        const auto at = why.find(" at line ");
-        why = why.substr(at == std::string::npos ? 0 : at + 4);
-        throw Error(kind, path.string() + ": not valid JSON (" + why.substr(0, why.find("; last read")) + ")");
-    }
-    if (!doc.is_object() || !doc.contains("format") || doc["format"] != format)
-        throw Error(kind, path.string() + ": not a " + what);
-    const auto v = doc.contains("format_version") ? doc["format_version"] : nlohmann::json();
-    const bool same = (v.is_number() && v.get<double>() == version) || (v.is_boolean() && v.get<bool>() && version == 1);
-    if (!same) throw Error(kind, path.string() + ": format_version " + py_repr(v) + ", this jzi reads " + std::to_string(version));
-    for (const auto& key : required)
-        if (!doc.contains(key)) throw Error(kind, path.string() + ": missing '" + key + "'");
-    return doc;
-}
-
-Region region_from_json(const nlohmann::json& d) {
-    if (!d.is_object()) throw std::invalid_argument("'region' must be an object");
-    for (const char* key : {"center_lat", "center_lon"})
-        if (!d.contains(key)) throw std::invalid_argument(std::string("region is missing ['") + key + "']");
-    Region r;
-    auto number = [&](const char* key, double& out) {
-        if (!d.contains(key)) return;
-        if (!d[key].is_number()) throw std::invalid_argument(std::string("region.") + key + " must be a number");
-        out = d[key].get<double>();
-    };
-    auto integer = [&](const char* key, int& out) {
-        if (!d.contains(key)) return;
-        const auto& v = d[key];
-        if (!v.is_number() || v.get<double>() != std::floor(v.get<double>()) || std::fabs(v.get<double>()) > 1e6)
-            throw std::invalid_argument(std::string("region.") + key + " must be an integer");
-        out = static_cast<int>(v.get<double>());
-    };
-    number("center_lat", r.center_lat);
-    number("center_lon", r.center_lon);
-    number("size_m", r.size_m);
-    integer("grid", r.grid);
-    integer("steps", r.steps);
-    integer("view_px", r.view_px);
-    if (!std::isfinite(r.center_lat) || !std::isfinite(r.center_lon) || !std::isfinite(r.size_m) || r.size_m <= 0)
-        throw std::invalid_argument("region centre and size must be finite, the size positive");
+Region region_from_json(const Json& d) {
+    Region r;  // the fields a region dict leaves out keep Region's defaults, as Region.from_dict does
+    r.center_lat = d.at("center_lat").get<double>();
+    r.center_lon = d.at("center_lon").get<double>();
+    if (d.contains("size_m")) r.size_m = d["size_m"].get<double>();
+    if (d.contains("grid")) r.grid = d["grid"].get<int>();
+    if (d.contains("steps")) r.steps = d["steps"].get<int>();
+    if (d.contains("view_px")) r.view_px = d["view_px"].get<int>();
     return r;
 }
 
 Manifest load_manifest(const fs::path& bundle_dir, bool verify) {
     const fs::path root = bundle_dir;
     const fs::path path = root / kManifest;
+    if (!fs::exists(root)) throw BundleError(root.string() + ": does not exist");
     if (!fs::is_directory(root)) throw BundleError(root.string() + ": not a bundle directory");
     if (!fs::is_regular_file(path))
         throw BundleError(root.string() + ": no " + kManifest + "; is this a jzi bundle (made by jzi-export)?");
     Manifest m;
     m.root = root;
-    m.doc = read_json_document(path, kFormat, kFormatVersion, "jzi bundle manifest", ErrorKind::Bundle,
-                               {"region", "steps", "grid", "n_actions", "width", "image_size", "street_size", "decoder",
-                                "files", "tensors", "encoder_id", "precision"});
-    const auto& doc = m.doc;
-    const auto& files = doc["files"];
-    if (!files.is_object()) throw BundleError(path.string() + ": 'files' must be an object");
+    m.doc = schema::read_json_document(path, kFormat, {{kFormatVersion, manifest_schema()}}, "jzi bundle manifest", ErrorKind::Bundle);
+    const Json& doc = m.doc;
+    // the schema has checked every type and range: the values can be taken as they are
+    m.region = region_from_json(doc["region"]);
+    m.grid = doc["grid"].get<int>();
+    m.steps = doc["steps"].get<int>();
+    m.n_actions = doc["n_actions"].get<int>();
+    m.width = doc["width"].get<int>();
+    m.image_size = doc["image_size"].get<int>();
+    const Json& dec = doc["decoder"];
+    m.layers = dec["layers"].get<int>();
+    m.heads = dec["heads"].get<int>();
+    m.head_dim = dec["head_dim"].get<int>();
+    m.cache_len = dec["cache_len"].get<int>();
+    m.precision = doc["precision"].get<std::string>();
+    m.encoder_id = doc["encoder_id"].get<std::string>();
+    if (const std::string problem = inconsistency(m, doc); !problem.empty()) throw BundleError(path.string() + ": " + problem);
+    for (const char* graph : kGraphs) m.tensors[graph] = graph_spec(doc["tensors"][graph]);
+
+    const Json& files = doc["files"];
     for (const char* role : kGraphs)
         if (!files.contains(role)) throw BundleError(path.string() + ": no '" + role + "' graph listed");
     const fs::path real_root = fs::canonical(root);
     for (auto it = files.begin(); it != files.end(); ++it) {
-        const auto& entry = it.value();
-        const std::string rel = entry.is_object() && entry.contains("path") && entry["path"].is_string()
-                                    ? entry["path"].get<std::string>() : "";
-        const bool plain = !rel.empty() && rel.find('\0') == std::string::npos;
+        const std::string rel = it.value()["path"].get<std::string>();
+        const bool plain = rel.find('\0') == std::string::npos;
         const fs::path target = plain ? fs::weakly_canonical(root / rel) : fs::path();
         if (!plain || !inside(real_root, target))
             throw BundleError(path.string() + ": file entry '" + it.key() + "' points outside the bundle");
         if (!fs::is_regular_file(target)) throw BundleError(root.string() + ": " + rel + " is missing");
-        const std::string sha = entry.contains("sha256") && entry["sha256"].is_string() ? entry["sha256"].get<std::string>() : "";
+        const std::string sha = it.value()["sha256"].get<std::string>();
         if (verify && sha256_file(target) != sha)
             throw BundleError(root.string() + ": " + rel + " does not match its sha256 in the manifest (corrupt or edited)");
         m.files[it.key()] = FileEntry{target, sha};
-    }
-
-    // What the runtime reads below; the Python reader trusts these types, here each is checked.
-    m.grid = positive_int(doc, "grid", path, 16);
-    m.steps = positive_int(doc, "steps", path, 12);
-    m.n_actions = positive_int(doc, "n_actions", path, 256);
-    m.width = positive_int(doc, "width", path, 1 << 16);
-    m.image_size = positive_int(doc, "image_size", path, 1 << 14);
-    if (m.n_actions != m.grid * m.grid) throw BundleError(path.string() + ": 'n_actions' must be grid * grid");
-    const auto& street = doc["street_size"];
-    if (!street.is_array() || street.size() != 2 || street[0] != m.image_size || street[1] != 2 * m.image_size)
-        throw BundleError(path.string() + ": 'street_size' must be [image_size, 2 * image_size]");
-    const auto& dec = doc["decoder"];
-    if (!dec.is_object()) throw BundleError(path.string() + ": 'decoder' must be an object");
-    for (const char* key : {"layers", "heads", "head_dim", "cache_len"})
-        if (!dec.contains(key)) throw BundleError(path.string() + ": decoder is missing '" + key + "'");
-    m.layers = positive_int(dec, "layers", path, 1024);
-    m.heads = positive_int(dec, "heads", path, 1024);
-    m.head_dim = positive_int(dec, "head_dim", path, 1 << 16);
-    m.cache_len = positive_int(dec, "cache_len", path, 1 << 16);
-    if (m.cache_len < 2 * m.steps) throw BundleError(path.string() + ": decoder.cache_len is shorter than 2 * steps");
-    if (!doc["precision"].is_string()) throw BundleError(path.string() + ": 'precision' must be a string");
-    m.precision = doc["precision"].get<std::string>();
-    if (!doc["encoder_id"].is_string() || doc["encoder_id"].get<std::string>().empty())
-        throw BundleError(path.string() + ": 'encoder_id' must be a non-empty string");
-    m.encoder_id = doc["encoder_id"].get<std::string>();
-    try {
-        m.region = region_from_json(doc["region"]);
-    } catch (const std::invalid_argument& e) {
-        throw BundleError(path.string() + ": bad region (" + e.what() + ")");
-    }
-    const auto& tensors = doc["tensors"];
-    if (!tensors.is_object()) throw BundleError(path.string() + ": 'tensors' must be an object");
-    for (const char* graph : kGraphs) {
-        if (!tensors.contains(graph)) throw BundleError(path.string() + ": tensors." + graph + " is missing");
-        m.tensors[graph] = graph_spec(tensors[graph], graph, path);
-    }
-    for (const char* graph : {"view_encoder", "street_encoder"}) {
-        const auto& g = m.tensors[graph];
-        if (g.inputs.size() != 1 || g.outputs.size() != 1)
-            throw BundleError(path.string() + ": tensors." + graph + " must have one input and one output");
     }
     return m;
 }

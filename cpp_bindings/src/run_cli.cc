@@ -1,24 +1,36 @@
 // jzi-run-native: localize street photos, with jzi-run's arguments, output and exit codes.
 //
 //     jzi-run-native --engine BUNDLE --tiles REGION.jzt query.jpg [more.jpg | folder/ | list.csv]
-//                    [--beams k] [--batch n] [--json] [--geojson out.geojson]
+//                    [--beams k] [--json] [--geojson out.geojson] [--resume PREVIOUS] [--viz out.png]
 //
 // Prints "photo  latitude, longitude" per photo. A CSV lists photos in a `path` column (relative to the
 // CSV) or in the authors' dataset format (`image_id` with streetview/images/{id}_undistorted.jpg beside
 // the CSV or one folder up); with latitude/longitude columns each line also gets its error in metres and
 // a R@40/50/100m summary follows. A photo that cannot be read is one line on stderr and the rest go on;
-// the exit status is then 1. Bad setup: one line, exit 1; bad arguments: usage, exit 2.
+// the exit status is then 1. Bad setup: one line, exit 1; bad arguments: usage, exit 2; Ctrl-C: 130.
+//
+// Answers are written as they come, as runtime/run_output.py writes them: --json prints JSON Lines (an
+// object per answer or failure, then a summary line), --geojson streams a FeatureCollection into a
+// temporary file that is closed and renamed into place when the run ends, also on Ctrl-C. --resume
+// PREVIOUS skips the photos answered in an earlier --json or --geojson output. Batch runs into a table
+// (--out, --shard, --ray) and --viz --source are jzi-run's only.
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <iostream>
+#include <memory>
 #include <optional>
+#include <set>
 #include <sstream>
 #include <string>
+#include <tuple>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "jzi/backend.h"
 #include "jzi/localizer.h"
@@ -26,7 +38,7 @@
 
 namespace {
 using jzi::fs::path;
-using Json = nlohmann::ordered_json;  // keys in jzi-run's order
+using jzi::Json;  // keys in jzi-run's order
 
 const char* kProg = "jzi-run-native";
 const int kRecallM[] = {40, 50, 100};
@@ -34,7 +46,7 @@ const int kRecallM[] = {40, 50, 100};
 const char* kUsage =
     "usage: jzi-run-native [-h] --engine BUNDLE --tiles REGION.jzt [--beams BEAMS] [--batch BATCH]\n"
     "                      [--backend {auto,ort-cpu,ort-cuda,ort-trt,tensorrt}] [--threads THREADS] [--json]\n"
-    "                      [--geojson OUT] [--viz OUT.png] [--source IMAGERY] [--max-pixels MAX_PIXELS] [--no-verify]\n"
+    "                      [--geojson OUT] [--resume PREVIOUS] [--viz OUT.png] [--max-pixels MAX_PIXELS] [--no-verify]\n"
     "                      inputs [inputs ...]\n";
 
 const char* kHelp =
@@ -50,10 +62,11 @@ const char* kHelp =
     "  --backend {auto,ort-cpu,ort-cuda,ort-trt,tensorrt}\n"
     "                        inference backend (auto)\n"
     "  --threads THREADS     CPU threads for ONNX Runtime (default: all cores)\n"
-    "  --json                print one JSON document instead of lines\n"
+    "  --json                print JSON Lines: one object per answer or failure as it comes, then a summary line\n"
     "  --geojson OUT         write the answers (and truths) as a GeoJSON FeatureCollection\n"
+    "  --resume PREVIOUS     skip photos already answered in PREVIOUS (an earlier --json or --geojson output)\n"
     "  --viz OUT.png         draw the zoom path of the first photo (from the store's thumbnails)\n"
-    "  --source IMAGERY      imagery for --viz when the store has no thumbnails (jzi-run only)\n"
+    "  --source IMAGERY      views for --viz rendered from imagery: jzi-run only\n"
     "  --max-pixels MAX_PIXELS\n"
     "                        refuse larger photos (100000000)\n"
     "  --no-verify           skip the bundle checksum check at start-up\n";
@@ -64,7 +77,7 @@ struct UsageError {
 
 struct Args {
     std::vector<std::string> inputs;
-    std::string engine, tiles, backend = "auto", geojson, viz, source;
+    std::string engine, tiles, backend = "auto", geojson, resume, viz, source;
     int beams = 1, batch = 1, threads = 0;
     int64_t max_pixels = jzi::kMaxPixels;
     bool json = false, no_verify = false;
@@ -106,9 +119,11 @@ Args parse_args(int argc, char** argv) {
             continue;
         }
         static const char* valued[] = {"--engine", "--tiles", "--beams", "--batch", "--backend", "--threads",
-                                       "--geojson", "--viz", "--source", "--max-pixels"};
+                                       "--geojson", "--resume", "--viz", "--source", "--max-pixels"};
         bool known = false;
         for (const char* v : valued) known = known || arg == v;
+        for (const char* v : {"--out", "--shard", "--ray", "--chunk-size", "--force", "--quiet", "--workers"})
+            if (arg == v) throw UsageError{"argument " + arg + ": batch runs into a table (--out, --shard, --ray) are jzi-run's only"};
         if (!known) throw UsageError{"unrecognized arguments: " + std::string(argv[i])};
         std::string value;
         if (inline_value) {
@@ -125,6 +140,7 @@ Args parse_args(int argc, char** argv) {
         else if (arg == "--threads") a.threads = static_cast<int>(parse_int(arg, value));
         else if (arg == "--max-pixels") a.max_pixels = parse_int(arg, value);
         else if (arg == "--geojson") a.geojson = value;
+        else if (arg == "--resume") a.resume = value;
         else if (arg == "--viz") a.viz = value;
         else if (arg == "--source") a.source = value;
         else if (arg == "--backend") {
@@ -223,7 +239,9 @@ path resolve(const path& folder, const std::string& name, bool is_id) {
     return candidates[0];
 }
 
-std::vector<Query> csv_queries(const path& csv, std::vector<std::string>& problems) {
+using Problems = std::vector<std::pair<std::string, std::string>>;  // (label, one line) of what cannot be used
+
+std::vector<Query> csv_queries(const path& csv, Problems& problems) {
     std::ifstream f(csv, std::ios::binary);
     if (!f) throw jzi::ArgumentError(csv.string() + ": cannot read the CSV (" + std::strerror(errno) + ")");
     std::stringstream ss;
@@ -257,7 +275,8 @@ std::vector<Query> csv_queries(const path& csv, std::vector<std::string>& proble
         auto cell = [&](int c) -> std::optional<std::string> { return c >= 0 && c < int(row.size()) ? std::optional(row[c]) : std::nullopt; };
         const std::string name = strip(cell(key).value_or(""));
         if (name.empty()) {
-            problems.push_back(csv.string() + ":" + std::to_string(line) + ": empty " + key_name);
+            const std::string where = csv.string() + ":" + std::to_string(line);
+            problems.emplace_back(where, where + ": empty " + key_name);
             continue;
         }
         std::optional<jzi::LatLon> truth;
@@ -266,8 +285,8 @@ std::vector<Query> csv_queries(const path& csv, std::vector<std::string>& proble
             const auto lo = cell(lon) ? parse_float(*cell(lon)) : std::nullopt;
             if (!la || !lo || !(*la >= -90 && *la <= 90 && *lo >= -180 && *lo <= 180)) {
                 auto repr = [](const std::optional<std::string>& s) { return s ? "'" + *s + "'" : std::string("None"); };
-                problems.push_back(csv.string() + ":" + std::to_string(line) + ": bad latitude/longitude " + repr(cell(lat)) +
-                                   ", " + repr(cell(lon)));
+                const std::string where = csv.string() + ":" + std::to_string(line);
+                problems.emplace_back(where, where + ": bad latitude/longitude " + repr(cell(lat)) + ", " + repr(cell(lon)));
                 continue;
             }
             truth = jzi::LatLon{*la, *lo};
@@ -277,18 +296,18 @@ std::vector<Query> csv_queries(const path& csv, std::vector<std::string>& proble
     return out;
 }
 
-std::vector<Query> gather(const std::vector<std::string>& inputs, std::vector<std::string>& problems) {
+std::vector<Query> gather(const std::vector<std::string>& inputs, Problems& problems) {
     std::vector<Query> queries;
     for (const auto& item : inputs) {
         const path p = py_path(item);
         std::string ext = lower(p.extension().string());
         if (jzi::fs::is_directory(p)) {
             const auto found = jzi::list_images(p);
-            if (found.empty()) problems.push_back(p.string() + ": no images in this folder");
+            if (found.empty()) problems.emplace_back(p.string(), p.string() + ": no images in this folder");
             for (const auto& f : found) queries.push_back({py_path(f.string()), f, std::nullopt});
         } else if (ext == ".csv") {
             if (!jzi::fs::is_regular_file(p)) {
-                problems.push_back(p.string() + ": no such file");
+                problems.emplace_back(p.string(), p.string() + ": no such file");
             } else {
                 auto more = csv_queries(p, problems);
                 queries.insert(queries.end(), more.begin(), more.end());
@@ -298,6 +317,26 @@ std::vector<Query> gather(const std::vector<std::string>& inputs, std::vector<st
         }
     }
     return queries;
+}
+
+// ---- JSON as Python's json.dumps writes it (", " and ": ", floats as repr, strict: no NaN) --------------
+std::string dumps(const Json& v) {
+    if (v.is_object()) {
+        std::string out = "{";
+        bool first = true;
+        for (auto it = v.begin(); it != v.end(); ++it, first = false) out += (first ? "" : ", ") + dumps(Json(it.key())) + ": " + dumps(it.value());
+        return out + "}";
+    }
+    if (v.is_array()) {
+        std::string out = "[";
+        for (size_t i = 0; i < v.size(); ++i) out += (i ? ", " : "") + dumps(v[i]);
+        return out + "]";
+    }
+    if (v.is_number_float()) {
+        if (!std::isfinite(v.get<double>())) throw jzi::ArgumentError("Out of range float values are not JSON compliant");
+        return jzi::schema::py_repr(v);
+    }
+    return v.dump(-1, ' ', true, Json::error_handler_t::replace);  // strings (ASCII, \u escapes), ints, bools, null
 }
 
 Json result_json(const jzi::Localization& r) {
@@ -318,11 +357,11 @@ Json result_json(const jzi::Localization& r) {
     return j;
 }
 
-Json feature(const Query& q, const jzi::Localization& r, std::optional<double> err) {
-    Json props = {{"image", q.label}, {"path", r.path}, {"confidence", r.confidence}, {"step_probs", r.step_probs}};
-    if (q.truth) {
-        props["truth_latitude"] = q.truth->lat;
-        props["truth_longitude"] = q.truth->lon;
+Json feature(const std::string& label, const jzi::Localization& r, std::optional<double> err, std::optional<jzi::LatLon> truth) {
+    Json props = {{"image", label}, {"path", r.path}, {"confidence", r.confidence}, {"step_probs", r.step_probs}};
+    if (truth) {
+        props["truth_latitude"] = truth->lat;
+        props["truth_longitude"] = truth->lon;
         props["error_m"] = *err;
     }
     if (!r.candidates.empty()) {
@@ -349,40 +388,210 @@ Json recall_summary(std::vector<double> errors) {
     return s;
 }
 
-void write_json_atomic(const path& out, const Json& doc) {
-    if (!out.parent_path().empty()) jzi::fs::create_directories(out.parent_path());
-    const path tmp = out.parent_path() / ("." + out.filename().string() + ".tmp");
-    {
-        std::ofstream f(tmp, std::ios::binary);
-        f << doc.dump(1);
-        if (!f) throw jzi::Error(jzi::ErrorKind::Io, tmp.string() + ": cannot write");
-    }
-    jzi::fs::rename(tmp, out);
-}
-
 std::string fmt(const char* f, double v) {
     char buf[64];
     std::snprintf(buf, sizeof(buf), f, v);
     return buf;
 }
 
+void say(std::ostream& out, const std::string& line) { out << line << '\n' << std::flush; }
+
+// ---- where the answers go (runtime/run_output.py): answer, failure, close --------------------------------
+class Output {
+public:
+    virtual ~Output() = default;
+    virtual void answer(const std::string& label, const jzi::Localization& r, std::optional<double> err, std::optional<jzi::LatLon> truth) = 0;
+    virtual void failure(const std::string& label, const std::string& reason) = 0;
+    virtual void close(const Json& summary, bool interrupted) = 0;
+};
+
+class TextOutput : public Output {
+public:
+    void answer(const std::string& label, const jzi::Localization& r, std::optional<double> err, std::optional<jzi::LatLon>) override {
+        std::string line = label + "  " + fmt("%.6f", r.latitude) + ", " + fmt("%.6f", r.longitude);
+        if (err) line += "  error " + fmt("%.1f", *err) + " m";
+        line += "  confidence " + fmt("%.3g", r.confidence);
+        if (!r.candidates.empty()) {
+            line += "  top-" + std::to_string(r.candidates.size()) + ": ";
+            for (size_t c = 0; c < r.candidates.size(); ++c)
+                line += (c ? "; " : "") + fmt("%.6f", r.candidates[c].latitude) + ", " + fmt("%.6f", r.candidates[c].longitude) + " (" +
+                        fmt("%.3f", r.candidates[c].probability) + ")";
+        }
+        say(std::cout, line);
+    }
+    void failure(const std::string&, const std::string& reason) override { say(std::cerr, std::string(kProg) + ": " + reason); }
+    void close(const Json& summary, bool) override {
+        if (summary.is_null()) return;
+        std::string line = std::to_string(summary["n"].get<size_t>()) + " photos with truth: ";
+        for (int m : kRecallM)
+            line += (m == kRecallM[0] ? "" : "  ") + std::string("R@") + std::to_string(m) + "m " +
+                    fmt("%.1f", 100 * summary["R@" + std::to_string(m) + "m"].get<double>()) + "%";
+        say(std::cout, line + "  median error " + fmt("%.1f", summary["median_error_m"].get<double>()) + " m");
+    }
+};
+
+class JsonLinesOutput : public Output {
+public:
+    explicit JsonLinesOutput(std::string backend) : backend_(std::move(backend)) {}
+    void answer(const std::string& label, const jzi::Localization& r, std::optional<double> err, std::optional<jzi::LatLon>) override {
+        Json j = {{"image", label}};
+        j.update(result_json(r));
+        if (err) j["error_m"] = *err;
+        say(std::cout, dumps(j));
+    }
+    void failure(const std::string& label, const std::string& reason) override {
+        failed_.push_back({{"image", label}, {"error", reason}});
+        say(std::cout, dumps(failed_.back()));
+        say(std::cerr, std::string(kProg) + ": " + reason);  // for the person watching, too
+    }
+    void close(const Json& summary, bool interrupted) override {
+        say(std::cout, dumps({{"summary", summary}, {"failed", failed_}, {"backend", backend_}, {"interrupted", interrupted}}));
+    }
+
+private:
+    std::string backend_;
+    Json failed_ = Json::array();
+};
+
+// A FeatureCollection written feature by feature into .OUT.tmp beside OUT, renamed to OUT by close.
+class GeoJsonOutput : public Output {
+public:
+    GeoJsonOutput(const path& out, const std::vector<Json>& carried, std::ostream& report) : path_(out), report_(report) {
+        if (!out.parent_path().empty()) jzi::fs::create_directories(out.parent_path());
+        tmp_ = out.parent_path() / ("." + out.filename().string() + ".tmp");
+        file_.open(tmp_, std::ios::binary | std::ios::trunc);
+        if (!file_) throw jzi::Error(jzi::ErrorKind::Io, tmp_.string() + ": cannot write");
+        file_ << "{\"type\": \"FeatureCollection\", \"features\": [";
+        for (const auto& f : carried) write(f);  // answers of the run being resumed
+    }
+    void answer(const std::string& label, const jzi::Localization& r, std::optional<double> err, std::optional<jzi::LatLon> truth) override {
+        write(feature(label, r, err, truth));
+    }
+    void failure(const std::string& label, const std::string& reason) override { failed_.push_back({{"image", label}, {"error", reason}}); }
+    void close(const Json&, bool interrupted) override {
+        file_ << "\n], \"failed\": " << dumps(failed_) << ", \"interrupted\": " << (interrupted ? "true" : "false") << "}\n";
+        file_.close();
+        if (!file_) throw jzi::Error(jzi::ErrorKind::Io, tmp_.string() + ": cannot write");
+        jzi::fs::rename(tmp_, path_);
+        if (!interrupted) say(report_, "wrote " + std::to_string(count_) + " answers to " + path_.string());  // an interrupt has its own line
+    }
+
+private:
+    void write(const Json& feat) {
+        file_ << (count_ == 0 ? "\n" : ",\n") << dumps(feat) << std::flush;
+        ++count_;
+    }
+    path path_, tmp_;
+    std::ostream& report_;
+    std::ofstream file_;
+    size_t count_ = 0;
+    Json failed_ = Json::array();
+};
+
+// str.splitlines() for the line ends a JSON Lines file can hold.
+std::vector<std::string> split_lines(const std::string& text) {
+    std::vector<std::string> lines;
+    size_t at = 0;
+    while (at < text.size()) {
+        const size_t end = text.find_first_of("\n\r\v\f\x1c\x1d\x1e", at);
+        lines.push_back(text.substr(at, end == std::string::npos ? std::string::npos : end - at));
+        if (end == std::string::npos) break;
+        at = end + (text.compare(end, 2, "\r\n") == 0 ? 2 : 1);
+    }
+    return lines;
+}
+
+// (labels answered, GeoJSON features to carry over) from a previous --json or --geojson output
+// (previous_answers of run_output.py): in JSON Lines an unreadable last line is skipped (a run killed
+// mid-line), anything else unreadable is one line naming the file and line.
+std::pair<std::set<std::string>, std::vector<Json>> previous_answers(const path& file) {
+    std::ifstream f(file, std::ios::binary);
+    if (!f) throw jzi::ArgumentError(file.string() + ": cannot read the previous output (" + std::strerror(errno) + ")");
+    std::stringstream ss;
+    ss << f.rdbuf();
+    const std::string text = ss.str();
+    Json doc;
+    try {
+        doc = Json::parse(text);
+    } catch (const Json::exception&) {
+        doc = Json();
+    }
+    std::set<std::string> done;
+    if ((doc.is_object() && doc.contains("type") && doc["type"] == "FeatureCollection") ||
+        text.substr(0, 200).find("\"FeatureCollection\"") != std::string::npos) {
+        std::vector<Json> feats;
+        const std::string incomplete = file.string() + ": not a complete jzi-run GeoJSON output";
+        if (!doc.is_object() || !doc.contains("features") || !doc["features"].is_array()) throw jzi::ArgumentError(incomplete);
+        for (const auto& feat : doc["features"]) {
+            if (!feat.is_object() || !feat.contains("properties") || !feat["properties"].is_object() || !feat["properties"].contains("image"))
+                throw jzi::ArgumentError(incomplete);
+            if (!feat["properties"]["image"].is_string()) continue;
+            done.insert(feat["properties"]["image"].get<std::string>());
+            feats.push_back(feat);
+        }
+        return {done, feats};
+    }
+    const auto lines = split_lines(text);
+    for (size_t n = 1; n <= lines.size(); ++n) {
+        const std::string& line = lines[n - 1];
+        if (line.find_first_not_of(" \t") == std::string::npos) continue;
+        Json rec;
+        try {
+            rec = Json::parse(line);
+        } catch (const Json::exception&) {
+            if (n == lines.size()) break;
+            throw jzi::ArgumentError(file.string() + ":" + std::to_string(n) + ": not a jzi-run --json line");
+        }
+        if (!rec.is_object()) throw jzi::ArgumentError(file.string() + ":" + std::to_string(n) + ": not a jzi-run --json line");
+        if (rec.contains("image") && rec["image"].is_string() && rec.contains("latitude")) done.insert(rec["image"].get<std::string>());
+    }
+    return {done, {}};
+}
+
+// ---- Ctrl-C: before the outputs are open it ends the process at once; after, the loop stops between
+// photos and every output is closed properly (exit status 130 either way) ------------------------------
+volatile std::sig_atomic_t g_interrupted = 0;
+const char kInterrupted[] = "jzi-run-native: interrupted; the answers so far are kept (run again with --resume to go on)\n";
+
+void on_sigint_setup(int) {
+    const ssize_t ignored = ::write(2, kInterrupted, sizeof(kInterrupted) - 1);
+    (void)ignored;
+    ::_exit(130);
+}
+
+void on_sigint_loop(int) { g_interrupted = 1; }
+
+struct Interrupted {};
+
 int run(const Args& args) {
     if (args.beams < 1 || args.batch < 1) throw jzi::ArgumentError("--beams and --batch must be at least 1");
     if (args.max_pixels < 1) throw jzi::ArgumentError("--max-pixels must be positive");
-    std::vector<std::string> problems;
-    const auto queries = gather(args.inputs, problems);
+    Problems problems;
+    auto queries = gather(args.inputs, problems);
     if (queries.empty() && problems.empty()) throw jzi::ArgumentError("no photos given (the CSV lists none)");
+    std::set<std::string> answered;
+    std::vector<Json> carried;
+    if (!args.resume.empty()) std::tie(answered, carried) = previous_answers(args.resume);
     jzi::LocalizerOptions options;
     options.backend = args.backend;
     options.threads = args.threads;
     options.verify_bundle = !args.no_verify;
     jzi::Localizer loc(args.engine, args.tiles, options);
-    if (!args.viz.empty() && !loc.store().has_pixels()) {
-        if (args.source.empty())
-            throw jzi::ArgumentError("--viz needs view pixels: build the store with jzi-tiles build --thumbs PX, or pass --source");
+    if (!args.viz.empty() && !args.source.empty())
         throw jzi::ArgumentError("--source: jzi-run-native draws from the store's thumbnails only; render from imagery with jzi-run");
+    if (!args.viz.empty() && !loc.store().has_pixels())
+        throw jzi::ArgumentError("--viz needs view pixels: build the store with jzi-tiles build --thumbs PX, or pass --source");
+    if (!answered.empty()) {
+        const size_t before = queries.size();
+        queries.erase(std::remove_if(queries.begin(), queries.end(), [&](const Query& q) { return answered.count(q.label) > 0; }),
+                      queries.end());
+        say(std::cerr, std::string(kProg) + ": resuming: " + std::to_string(before - queries.size()) + " photos already answered in " +
+                           args.resume);
     }
-    for (const auto& line : problems) std::cerr << kProg << ": " << line << "\n";
+    std::vector<std::unique_ptr<Output>> outputs;
+    if (args.json) outputs.push_back(std::make_unique<JsonLinesOutput>(loc.backend().describe()));
+    else outputs.push_back(std::make_unique<TextOutput>());
+    if (!args.geojson.empty()) outputs.push_back(std::make_unique<GeoJsonOutput>(args.geojson, carried, args.json ? std::cerr : std::cout));
 
     struct Done {
         Query q;
@@ -392,81 +601,61 @@ int run(const Args& args) {
     std::vector<Done> done;
     std::vector<std::pair<Query, cv::Mat>> pending;
     cv::Mat first_photo;
-    auto flush = [&] {
+    size_t failures = 0;
+    const auto fail = [&](const std::string& label, const std::string& line) {
+        ++failures;
+        for (auto& out : outputs) out->failure(label, line);
+    };
+    const auto flush = [&] {
         std::vector<cv::Mat> images;
         for (auto& p : pending) images.push_back(p.second);
         const auto results = loc.localize_batch(images, args.beams);
         for (size_t i = 0; i < results.size(); ++i) {
             const auto& q = pending[i].first;
-            const auto& r = results[i];
             std::optional<double> err;
-            if (q.truth) err = jzi::distance_m({r.latitude, r.longitude}, *q.truth);
-            done.push_back({q, r, err});
-            if (!args.json) {
-                std::string line = q.label + "  " + fmt("%.6f", r.latitude) + ", " + fmt("%.6f", r.longitude);
-                if (err) line += "  error " + fmt("%.1f", *err) + " m";
-                line += "  confidence " + fmt("%.3g", r.confidence);
-                if (!r.candidates.empty()) {
-                    line += "  top-" + std::to_string(r.candidates.size()) + ": ";
-                    for (size_t c = 1; c < r.candidates.size(); ++c)
-                        line += (c > 1 ? "; " : "") + fmt("%.6f", r.candidates[c].latitude) + ", " + fmt("%.6f", r.candidates[c].longitude) +
-                                " (" + fmt("%.3f", r.candidates[c].probability) + ")";
-                }
-                std::cout << line << std::endl;
-            }
+            if (q.truth) err = jzi::distance_m({results[i].latitude, results[i].longitude}, *q.truth);
+            done.push_back({q, results[i], err});
+            for (auto& out : outputs) out->answer(q.label, results[i], err, q.truth);
         }
         pending.clear();
     };
+    const auto close_all = [&](bool interrupted) {
+        std::vector<double> errors;
+        for (const auto& d : done)
+            if (d.err) errors.push_back(*d.err);
+        const Json summary = errors.empty() ? Json() : recall_summary(errors);
+        for (auto& out : outputs) out->close(summary, interrupted);
+    };
 
-    size_t failures = problems.size();
-    for (const auto& q : queries) {
-        try {
-            pending.emplace_back(q, jzi::read_image(q.file, args.max_pixels));
-        } catch (const jzi::Error& e) {
-            if (e.kind() != jzi::ErrorKind::Image) throw;
-            std::cerr << kProg << ": " << e.what() << "\n";
-            ++failures;
-            continue;
+    std::signal(SIGINT, on_sigint_loop);
+    try {
+        for (const auto& [label, line] : problems) fail(label, line);
+        for (const auto& q : queries) {
+            if (g_interrupted) throw Interrupted{};
+            try {
+                pending.emplace_back(q, jzi::read_image(q.file, args.max_pixels));
+            } catch (const jzi::Error& e) {
+                if (e.kind() != jzi::ErrorKind::Image) throw;
+                fail(q.label, e.what());
+                continue;
+            }
+            if (first_photo.empty()) first_photo = pending.back().second;
+            if (static_cast<int>(pending.size()) >= args.batch) flush();
         }
-        if (first_photo.empty()) first_photo = pending.back().second;
-        if (static_cast<int>(pending.size()) >= args.batch) flush();
+        if (!pending.empty()) flush();
+        if (g_interrupted) throw Interrupted{};
+    } catch (...) {  // a Ctrl-C or an error still closes every output
+        close_all(true);
+        throw;
     }
-    if (!pending.empty()) flush();
-
-    std::vector<double> errors;
-    for (const auto& d : done)
-        if (d.err) errors.push_back(*d.err);
-    const Json summary = errors.empty() ? Json() : recall_summary(errors);
-    if (args.json) {
-        Json results = Json::array();
-        for (const auto& d : done) {
-            Json j = {{"image", d.q.label}};
-            j.update(result_json(d.r));
-            if (d.err) j["error_m"] = *d.err;
-            results.push_back(j);
-        }
-        const Json doc = {{"backend", loc.backend().describe()}, {"results", results}, {"summary", summary}, {"failed", failures}};
-        std::cout << doc.dump(1) << std::endl;
-    } else if (!errors.empty()) {
-        std::string line = std::to_string(errors.size()) + " photos with truth: ";
-        for (int m : kRecallM)
-            line += (m == 40 ? "" : "  ") + std::string("R@") + std::to_string(m) + "m " +
-                    fmt("%.1f", 100 * summary["R@" + std::to_string(m) + "m"].get<double>()) + "%";
-        line += "  median error " + fmt("%.1f", summary["median_error_m"].get<double>()) + " m";
-        std::cout << line << std::endl;
-    }
-    if (!args.geojson.empty()) {
-        Json features = Json::array();
-        for (const auto& d : done) features.push_back(feature(d.q, d.r, d.err));
-        write_json_atomic(args.geojson, {{"type", "FeatureCollection"}, {"features", features}});
-    }
+    close_all(false);
     if (!args.viz.empty() && !done.empty()) {
         const auto& d = done[0];
-        std::string caption = d.q.label + ": " + fmt("%.6f", d.r.latitude) + ", " + fmt("%.6f", d.r.longitude);
-        if (d.err) caption += ", error " + fmt("%.1f", *d.err) + " m";
+        std::string caption = d.q.label + ": answer " + fmt("%.6f", d.r.latitude) + ", " + fmt("%.6f", d.r.longitude);
+        if (d.err) caption += "; truth " + fmt("%.6f", d.q.truth->lat) + ", " + fmt("%.6f", d.q.truth->lon) + "; error " + fmt("%.1f", *d.err) + " m";
         const auto views = jzi::view_images(loc.store(), d.r.path);
         jzi::save_rgb(args.viz, jzi::draw_zoom(first_photo, views, loc.region(), d.r.path, d.r.step_probs, d.q.truth, caption));
-        if (!args.json) std::cout << "zoom path drawn to " << args.viz << std::endl;
+        if (!args.json) say(std::cout, "zoom path drawn to " + args.viz);
     }
     return failures ? 1 : 0;
 }
@@ -474,6 +663,8 @@ int run(const Args& args) {
 
 int main(int argc, char** argv) {
     std::signal(SIGPIPE, SIG_IGN);  // output piped into head & co.: stop quietly (checked below)
+    std::signal(SIGINT, on_sigint_setup);
+    jzi::set_quiet_codecs(true);  // a damaged photo is one line, without libpng's or libjpeg's own
     Args args;
     try {
         args = parse_args(argc, argv);
@@ -485,11 +676,11 @@ int main(int argc, char** argv) {
         const int rc = run(args);
         std::cout.flush();
         return std::cout.fail() ? 0 : rc;
-    } catch (const jzi::Error& e) {
-        std::cerr << kProg << ": error: " << e.what() << "\n";
-    } catch (const jzi::fs::filesystem_error& e) {
-        std::cerr << kProg << ": error: " << e.what() << "\n";
-    } catch (const std::exception& e) {
+    } catch (const Interrupted&) {
+        std::cerr << kInterrupted << std::flush;
+        return 130;
+    } catch (const std::exception& e) {  // jzi::Error, filesystem errors, anything else: one line
+        if (std::cout.fail()) return 0;  // the reader went away (a broken pipe)
         std::cerr << kProg << ": error: " << e.what() << "\n";
     }
     return 1;

@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstring>
@@ -19,11 +20,28 @@ constexpr const char* kFormat = "jzi-tiles";
 constexpr int kFormatVersion = 2;  // tile store format 2: per-block checksums (runtime/tiles.py)
 constexpr const char* kIndex = "tiles.json";
 
-struct Limit {
-    const char* key;
-    int64_t lo, hi;
-};
-constexpr Limit kLimits[] = {{"grid", 2, 16}, {"steps", 1, 12}, {"dim", 1, 1 << 16}, {"view_px", 1, 1 << 14}};
+// INDEX_SCHEMAS[2] of runtime/tiles.py: every field of tiles.json a reader uses.
+const schema::Validator& index_schema() {
+    using namespace schema;
+    static const Validator hex = string({}, 64);
+    static const Validator file = obj({{"path", string()},
+                                       {"dtype", string({"float16", "float32", "uint8"})},
+                                       {"shape", list_of(integer(0, int64_t(1) << 40), -1, 4)},
+                                       {"bytes", integer(0, int64_t(1) << 50)},
+                                       {"sha256", hex},
+                                       {"block_rows", integer(1, int64_t(1) << 40)},
+                                       {"block_sha256", list_of(hex)}},
+                                      {{"byte_order", string({"little"})}});
+    static const Validator index = obj({{"region", region()},
+                                        {"grid", integer(2, 16)},
+                                        {"steps", integer(1, 12)},
+                                        {"view_px", integer(1, 1 << 14)},
+                                        {"dim", integer(1, 1 << 16)},
+                                        {"levels", list_of(any_value())},
+                                        {"encoder_id", string()},
+                                        {"files", mapping(file)}});
+    return index;
+}
 
 std::string file_for(const std::string& dtype) { return dtype == "float16" ? "embeddings.f16" : "embeddings.f32"; }
 
@@ -35,10 +53,10 @@ std::string shape_repr(const std::vector<int64_t>& shape) {
     return out + "]";
 }
 
-bool same_number(const nlohmann::json& v, double x) { return v.is_number() && !v.is_boolean() && v.get<double>() == x; }
+bool same_number(const Json& v, double x) { return v.is_number() && !v.is_boolean() && v.get<double>() == x; }
 
 // The levels table written by jzi-tiles, recomputed from the region and compared entry by entry.
-bool levels_match(const nlohmann::json& levels, const Region& r) {
+bool levels_match(const Json& levels, const Region& r) {
     if (!levels.is_array() || static_cast<int>(levels.size()) != r.steps) return false;
     for (int lvl = 0; lvl < r.steps; ++lvl) {
         const auto& e = levels[lvl];
@@ -54,66 +72,46 @@ bool levels_match(const nlohmann::json& levels, const Region& r) {
 
 struct Checked {
     std::string name, dtype;
-    std::vector<int64_t> shape;
     size_t bytes = 0;
     int64_t block_rows = 0;
     std::vector<std::string> block_sha256;
 };
 
-Checked check_file_entry(const fs::path& root, const fs::path& index, const std::string& role, const nlohmann::json& entry,
+// _check_file_entry of runtime/tiles.py: the entry (already through the schema) against the region's
+// shape, then the file itself: a regular file of the store's own, exactly the size the entry needs.
+Checked check_file_entry(const fs::path& root, const fs::path& index, const std::string& role, const Json& entry,
                          const std::string& dtype, const std::vector<int64_t>& shape) {
     const std::string where = index.string() + ": files." + role;
-    if (!entry.is_object()) throw TileStoreError(where + " must be an object");
-    const auto name_v = entry.contains("path") ? entry["path"] : nlohmann::json();
-    const std::string name = name_v.is_string() ? name_v.get<std::string>() : "";
-    if (name.empty() || name.find('/') != std::string::npos || name[0] == '.' || name.find('\0') != std::string::npos)
-        throw TileStoreError(where + ".path must be a plain file name inside the store");
-    const std::vector<std::string> allowed = dtype.empty() ? std::vector<std::string>{"float16", "float32"}
-                                                           : std::vector<std::string>{dtype};
-    const auto dt = entry.contains("dtype") ? entry["dtype"] : nlohmann::json();
-    bool ok = false;
-    for (const auto& a : allowed) ok = ok || (dt.is_string() && dt.get<std::string>() == a);
-    if (!ok) {
-        std::string list = "[";
-        for (size_t i = 0; i < allowed.size(); ++i) list += (i ? ", '" : "'") + allowed[i] + "'";
-        throw TileStoreError(where + ".dtype must be one of " + list + "], got " + py_repr(dt));
-    }
-    const std::string real_dtype = dt.get<std::string>();
+    const std::string name = entry["path"].get<std::string>();
+    if (name.find('/') != std::string::npos || name[0] == '.')
+        throw TileStoreError(where + ".path must be a plain file name inside the store, got " + schema::py_repr(entry["path"]));
+    const std::vector<std::string> allowed = dtype.empty() ? std::vector<std::string>{"float16", "float32"} : std::vector<std::string>{dtype};
+    const std::string real_dtype = entry["dtype"].get<std::string>();
+    if (std::find(allowed.begin(), allowed.end(), real_dtype) == allowed.end())
+        throw TileStoreError(where + ".dtype must be one of " + schema::py_repr(Json(allowed)) + ", got " + schema::py_repr(entry["dtype"]));
     if (dtype.empty() && file_for(real_dtype) != name)
-        throw TileStoreError(index.string() + ": " + real_dtype + " embeddings must be in " + file_for(real_dtype));
-    if (entry.contains("byte_order") && entry["byte_order"] != "little") throw TileStoreError(where + " must be little-endian");
-    nlohmann::json want = shape;
-    if (!entry.contains("shape") || entry["shape"] != want)
-        throw TileStoreError(where + ".shape is " + (entry.contains("shape") ? py_repr(entry["shape"]) : "None") +
-                             ", the region needs " + shape_repr(shape));
+        throw TileStoreError(index.string() + ": " + real_dtype + " embeddings must be in " + file_for(real_dtype) + ", not " + name);
+    if (entry["shape"] != Json(shape))
+        throw TileStoreError(where + ".shape is " + schema::py_repr(entry["shape"]) + ", the region needs " + shape_repr(shape));
     size_t nbytes = itemsize(real_dtype);
     for (int64_t d : shape) nbytes *= static_cast<size_t>(d);
+    const std::string of = " of " + real_dtype + " needs " + std::to_string(nbytes);
+    if (entry["bytes"] != Json(nbytes))
+        throw TileStoreError(where + ".bytes is " + schema::py_repr(entry["bytes"]) + ", shape " + shape_repr(shape) + of);
+    const int64_t block_rows = entry["block_rows"].get<int64_t>();
+    const int64_t blocks = (shape[0] + block_rows - 1) / block_rows;
+    if (static_cast<int64_t>(entry["block_sha256"].size()) != blocks)
+        throw TileStoreError(where + ".block_sha256 holds " + std::to_string(entry["block_sha256"].size()) + " digests, " +
+                             std::to_string(shape[0]) + " rows in blocks of " + std::to_string(block_rows) + " need " + std::to_string(blocks));
     const fs::path path = root / name;
+    if (fs::is_symlink(path) || (fs::exists(path) && fs::canonical(path).parent_path() != fs::canonical(root)))
+        throw TileStoreError(root.string() + ": " + name + " is a link; a store's arrays must be its own regular files");
     if (!fs::is_regular_file(path)) throw TileStoreError(root.string() + ": " + name + " is missing");
     const auto actual = fs::file_size(path);
-    if (!same_number(entry.contains("bytes") ? entry["bytes"] : nlohmann::json(), double(nbytes)) || actual != nbytes)
-        throw TileStoreError(root.string() + ": " + name + " holds " + std::to_string(actual) + " bytes, shape " +
-                             shape_repr(shape) + " needs " + std::to_string(nbytes) + " (truncated or corrupt)");
-    Checked c{name, real_dtype, shape, nbytes, 0, {}};
-    // Per-block checksums (optional): both fields or neither, one 64-digit hex sha256 per block.
-    if (entry.contains("block_rows") || entry.contains("block_sha256")) {
-        const auto br = entry.contains("block_rows") ? entry["block_rows"] : nlohmann::json();
-        if (!br.is_number_integer() || br.get<int64_t>() < 1)
-            throw TileStoreError(where + ".block_rows must be a positive integer, got " + py_repr(br));
-        c.block_rows = br.get<int64_t>();
-        const int64_t blocks = (shape[0] + c.block_rows - 1) / c.block_rows;
-        const auto bs = entry.contains("block_sha256") ? entry["block_sha256"] : nlohmann::json();
-        bool good = bs.is_array() && static_cast<int64_t>(bs.size()) == blocks;
-        for (size_t i = 0; good && i < bs.size(); ++i) {
-            good = bs[i].is_string() && bs[i].get<std::string>().size() == 64 &&
-                   bs[i].get<std::string>().find_first_not_of("0123456789abcdef") == std::string::npos;
-            if (good) c.block_sha256.push_back(bs[i].get<std::string>());
-        }
-        if (!good)
-            throw TileStoreError(where + ".block_sha256 must list " + std::to_string(blocks) + " sha256 hex digests (one per " +
-                                 std::to_string(c.block_rows) + " rows)");
-    }
-    return c;
+    if (actual != nbytes)
+        throw TileStoreError(root.string() + ": " + name + " holds " + std::to_string(actual) + " bytes, shape " + shape_repr(shape) + of +
+                             " (truncated or corrupt)");
+    return Checked{name, real_dtype, nbytes, block_rows, entry["block_sha256"].get<std::vector<std::string>>()};
 }
 }  // namespace
 
@@ -139,8 +137,10 @@ float half_to_float(uint16_t h) {
     return f;
 }
 
-MappedFile::MappedFile(const fs::path& path, size_t bytes, size_t row_bytes, int64_t block_rows, std::vector<std::string> block_sha256)
-    : path_(path), size_(bytes), row_bytes_(row_bytes), block_rows_(block_rows), block_sha256_(std::move(block_sha256)) {
+MappedFile::MappedFile(const fs::path& path, size_t bytes, int64_t block_rows, std::vector<std::string> block_sha256)
+    : path_(path), size_(bytes), block_rows_(block_rows), block_sha256_(std::move(block_sha256)),
+      verified_(new std::atomic<bool>[block_sha256_.size()]) {
+    for (size_t i = 0; i < block_sha256_.size(); ++i) verified_[i] = false;
     const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) throw TileStoreError(path.string() + ": cannot open (" + std::strerror(errno) + ")");
     struct stat st {};
@@ -152,29 +152,35 @@ MappedFile::MappedFile(const fs::path& path, size_t bytes, size_t row_bytes, int
     ::close(fd);
     if (p == MAP_FAILED) throw TileStoreError(path.string() + ": cannot map (" + std::strerror(errno) + ")");
     data_ = static_cast<const uint8_t*>(p);
-    if (!block_sha256_.empty()) {
-        verified_.reset(new std::atomic<bool>[block_sha256_.size()]);
-        for (size_t i = 0; i < block_sha256_.size(); ++i) verified_[i] = false;
-    }
 }
 
 MappedFile::~MappedFile() {
     if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
 }
 
-void MappedFile::check_block(int64_t row) const {
-    if (block_sha256_.empty()) return;
-    const size_t block = static_cast<size_t>(row / block_rows_);
-    if (verified_[block].load(std::memory_order_acquire)) return;
-    const size_t start = block * block_rows_ * row_bytes_;
-    const size_t end = std::min(size_, start + block_rows_ * row_bytes_);
-    if (sha256_bytes(data_ + start, end - start) != block_sha256_[block]) {
-        const int64_t first = static_cast<int64_t>(block) * block_rows_;
-        const int64_t last = first + static_cast<int64_t>((end - start) / row_bytes_) - 1;
-        throw TileStoreError(path_.string() + ": rows " + std::to_string(first) + ".." + std::to_string(last) +
-                             " do not match their sha256 in tiles.json (corrupt or edited)");
+// The first read of a block of rows checks it (runtime/tiles.py's _verify_block): its sha256, and for
+// embeddings that every value in it is finite. `row` is the row being read (named in the message).
+void TileStore::check_block(const MappedFile& file, int64_t row) const {
+    const int64_t block = row / file.block_rows();
+    if (file.verified(block)) return;
+    const int64_t first = block * file.block_rows();
+    const int64_t rows = std::min(file.block_rows(), total_views() - first);
+    const size_t row_bytes = file.size() / static_cast<size_t>(total_views());
+    const uint8_t* data = file.data() + static_cast<size_t>(first) * row_bytes;
+    if (sha256_bytes(data, static_cast<size_t>(rows) * row_bytes) != file.block_sha256(block))
+        throw TileStoreError(path_.string() + ": row " + std::to_string(row) + " of " + file.path().filename().string() +
+                             " is in a block (rows " + std::to_string(first) + ".." + std::to_string(first + rows - 1) +
+                             ") that does not match its checksum in " + kIndex + " (corrupt or edited); rebuild the store");
+    if (&file == embeddings_.get()) {
+        std::vector<float> values(static_cast<size_t>(dim_));
+        for (int64_t r = first; r < first + rows; ++r) {
+            to_float(r, values.data());
+            for (float v : values)
+                if (!std::isfinite(v))
+                    throw TileStoreError(path_.string() + ": embedding row " + std::to_string(r) + " holds NaN or Inf; rebuild the store");
+        }
     }
-    verified_[block].store(true, std::memory_order_release);
+    file.mark_verified(block);
 }
 
 TileStore::TileStore(const fs::path& root) : path_(root) {
@@ -186,76 +192,68 @@ TileStore::TileStore(const fs::path& root) : path_(root) {
         throw TileStoreError(root.string() + ": no " + kIndex + "; is this a jzi tile store (made by jzi-tiles build)?" +
                              (partial ? " (an unfinished build: run jzi-tiles build again to resume it)" : ""));
     }
-    meta_ = read_json_document(index, kFormat, kFormatVersion, "jzi tile store index", ErrorKind::TileStore,
-                               {"region", "grid", "steps", "view_px", "dim", "levels", "files", "encoder_id"});
-    const auto& m = meta_;
-    for (const auto& lim : kLimits) {
-        const auto& v = m[lim.key];
-        if (!v.is_number_integer() || v.get<int64_t>() < lim.lo || v.get<int64_t>() > lim.hi)
-            throw TileStoreError(index.string() + ": '" + lim.key + "' must be an integer in " + std::to_string(lim.lo) + ".." +
-                                 std::to_string(lim.hi) + ", got " + py_repr(v));
-    }
-    if (!m["region"].is_object()) throw TileStoreError(index.string() + ": 'region' must be an object");
-    try {
-        region_ = region_from_json(m["region"]);
-    } catch (const std::invalid_argument& e) {
-        throw TileStoreError(index.string() + ": bad region (" + e.what() + ")");
-    }
-    if (region_.grid != m["grid"].get<int>() || region_.steps != m["steps"].get<int>() || region_.view_px != m["view_px"].get<int>())
-        throw TileStoreError(index.string() + ": region does not agree with grid/steps/view_px");
+    meta_ = schema::read_json_document(index, kFormat, {{kFormatVersion, index_schema()}}, "jzi tile store index", ErrorKind::TileStore,
+                                       " (a store without block checksums: run `jzi-tiles upgrade " + root.string() +
+                                           "` to check it and add them, or rebuild it)");
+    const Json& m = meta_;
+    region_ = region_from_json(m["region"]);
+    const std::string got = std::to_string(region_.grid) + "/" + std::to_string(region_.steps) + "/" + std::to_string(region_.view_px);
+    const std::string want = std::to_string(m["grid"].get<int>()) + "/" + std::to_string(m["steps"].get<int>()) + "/" +
+                             std::to_string(m["view_px"].get<int>());
+    if (got != want)
+        throw TileStoreError(index.string() + ": region.grid/steps/view_px " + got + " disagree with grid/steps/view_px " + want);
     if (!levels_match(m["levels"], region_)) throw TileStoreError(index.string() + ": the levels table does not match the region");
-    if (!m["encoder_id"].is_string() || m["encoder_id"].get<std::string>().empty())
-        throw TileStoreError(index.string() + ": 'encoder_id' must be a non-empty string");
+    const Json& files = m["files"];
+    if (!files.contains("embeddings")) throw TileStoreError(index.string() + ": no embeddings file listed");
     encoder_id_ = m["encoder_id"].get<std::string>();
     dim_ = m["dim"].get<int>();
-    const auto& files = m["files"];
-    if (!files.is_object() || !files.contains("embeddings")) throw TileStoreError(index.string() + ": no embeddings file listed");
     const int64_t total = region_.total_views();
     if (files.contains("pixels")) {
-        const auto& pe = files["pixels"];
-        nlohmann::json px = 0;
-        if (pe.is_object()) {
-            const auto shape = pe.contains("shape") ? pe["shape"] : nlohmann::json::array({nullptr, 0});
-            px = shape.is_array() && shape.size() > 1 ? shape[1] : nlohmann::json();
-        }
+        const Json& shape = files["pixels"]["shape"];
+        const Json px = shape.size() > 1 ? shape[1] : Json();
         if (!px.is_number_integer() || px.get<int64_t>() < 1 || px.get<int64_t>() > region_.view_px)
-            throw TileStoreError(index.string() + ": bad pixel pyramid size " + py_repr(px));
+            throw TileStoreError(index.string() + ": files.pixels.shape[1] must be a thumbnail size in 1.." + std::to_string(region_.view_px) +
+                                 ", got " + schema::py_repr(px));
         thumb_px_ = px.get<int>();
     }
+    std::vector<std::pair<std::string, Checked>> checked;
     for (auto it = files.begin(); it != files.end(); ++it) {
         if (it.key() != "embeddings" && it.key() != "pixels") throw TileStoreError(index.string() + ": unknown file role '" + it.key() + "'");
         const bool emb = it.key() == "embeddings";
         const std::vector<int64_t> shape = emb ? std::vector<int64_t>{total, dim_} : std::vector<int64_t>{total, thumb_px_, thumb_px_, 3};
-        Checked c = check_file_entry(root, index, it.key(), it.value(), emb ? "" : "uint8", shape);
-        const size_t row_bytes = c.bytes / static_cast<size_t>(total);
-        auto mapped = std::make_unique<MappedFile>(root / c.name, c.bytes, row_bytes, c.block_rows, std::move(c.block_sha256));
-        if (emb) {
+        checked.emplace_back(it.key(), check_file_entry(root, index, it.key(), it.value(), emb ? "" : "uint8", shape));
+    }
+    for (auto& [role, c] : checked) {
+        auto mapped = std::make_unique<MappedFile>(root / c.name, c.bytes, c.block_rows, std::move(c.block_sha256));
+        if (role == "embeddings") {
             dtype_ = c.dtype;
             embeddings_ = std::move(mapped);
         } else {
             pixels_ = std::move(mapped);
         }
     }
+    check_block(*embeddings_, 0);  // same store: its first block is its own
 }
 
-void TileStore::read_row(int64_t row, float* out) const {
-    if (row < 0 || row >= total_views())
-        throw TileStoreError(path_.string() + ": row " + std::to_string(row) + " is outside the store");
-    embeddings_->check_block(row);
+void TileStore::to_float(int64_t row, float* out) const {
     if (dtype_ == "float16") {
         const uint8_t* p = embeddings_->data() + static_cast<size_t>(row) * dim_ * 2;
         for (int i = 0; i < dim_; ++i) out[i] = half_to_float(static_cast<uint16_t>(p[2 * i] | (p[2 * i + 1] << 8)));
     } else {
         std::memcpy(out, embeddings_->data() + static_cast<size_t>(row) * dim_ * 4, static_cast<size_t>(dim_) * 4);
     }
-    for (int i = 0; i < dim_; ++i)
-        if (!std::isfinite(out[i]))
-            throw TileStoreError(path_.string() + ": embedding row " + std::to_string(row) + " holds NaN or Inf");
+}
+
+void TileStore::read_row(int64_t row, float* out) const {
+    if (row < 0 || row >= total_views())
+        throw TileStoreError(path_.string() + ": row " + std::to_string(row) + " is outside the store's " + std::to_string(total_views()) + " rows");
+    check_block(*embeddings_, row);
+    to_float(row, out);
 }
 
 const uint8_t* TileStore::pixels(int64_t row) const {
     if (!pixels_ || row < 0 || row >= total_views()) return nullptr;
-    pixels_->check_block(row);
+    check_block(*pixels_, row);
     return pixels_->data() + static_cast<size_t>(row) * thumb_px_ * thumb_px_ * 3;
 }
 

@@ -37,7 +37,7 @@ static void error_paths(void) {
     CHECK(strstr(jzi_last_error(), "bundle_dir is NULL") != NULL);
     CHECK(jzi_localizer_create("no-such-bundle", "no-such.jzt", &opt, &loc) == JZI_ERR_BUNDLE);
     CHECK(loc == NULL);
-    CHECK(strcmp(jzi_last_error(), "no-such-bundle: not a bundle directory") == 0);
+    CHECK(strcmp(jzi_last_error(), "no-such-bundle: does not exist") == 0);
     CHECK(strcmp(jzi_status_name(JZI_ERR_TILES), "tile store error") == 0);
     jzi_result r;
     memset(&r, 0, sizeof(r));

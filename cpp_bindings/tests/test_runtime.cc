@@ -96,9 +96,10 @@ static json levels(const Region& r) {
     return out;
 }
 
-// A valid float32 store whose row i holds i + j/10, with `edit` applied to its index.
+// A valid float32 store whose row i holds i + j/10 (then `values` applied), checksummed in blocks of
+// `block_rows`, with `edit` applied to its index.
 static fs::path make_store(const std::string& name, const std::function<void(json&, const fs::path&)>& edit = nullptr,
-                           int block_rows = 0) {
+                           int block_rows = 17, const std::function<void(std::vector<float>&)>& values = nullptr) {
     Region r;
     r.center_lat = 38.9;
     r.center_lon = -77.0;
@@ -109,18 +110,17 @@ static fs::path make_store(const std::string& name, const std::function<void(jso
     std::vector<float> data(size_t(r.total_views()) * dim);
     for (int64_t i = 0; i < r.total_views(); ++i)
         for (int j = 0; j < dim; ++j) data[size_t(i) * dim + j] = float(i) + j / 10.0f;
+    if (values) values(data);
     std::ofstream(dir / "embeddings.f32", std::ios::binary).write(reinterpret_cast<const char*>(data.data()), data.size() * 4);
     json emb = {{"path", "embeddings.f32"}, {"dtype", "float32"}, {"byte_order", "little"}, {"shape", {r.total_views(), dim}},
                 {"bytes", data.size() * 4}, {"sha256", sha256_file(dir / "embeddings.f32")}};
-    if (block_rows) {
-        emb["block_rows"] = block_rows;
-        json blocks = json::array();
-        for (int64_t s = 0; s < r.total_views(); s += block_rows) {
-            const int64_t rows = std::min<int64_t>(block_rows, r.total_views() - s);
-            blocks.push_back(sha256_bytes(data.data() + s * dim, size_t(rows) * dim * 4));
-        }
-        emb["block_sha256"] = blocks;
+    emb["block_rows"] = block_rows;
+    json blocks = json::array();
+    for (int64_t s = 0; s < r.total_views(); s += block_rows) {
+        const int64_t rows = std::min<int64_t>(block_rows, r.total_views() - s);
+        blocks.push_back(sha256_bytes(data.data() + s * dim, size_t(rows) * dim * 4));
     }
+    emb["block_sha256"] = blocks;
     json index = {{"format", "jzi-tiles"}, {"format_version", 2}, {"created", "today"},
                   {"region", {{"center_lat", r.center_lat}, {"center_lon", r.center_lon}, {"size_m", r.size_m}, {"grid", 4},
                               {"steps", 2}, {"view_px", 16}}},
@@ -137,26 +137,31 @@ static void test_tiles() {
     float row[4];
     s.read_row(s.row(1, 5), row);
     CHECK(row[0] == 6.0f && row[3] == 6.0f + 0.3f);
-    REFUSES(s.read_row(17, row), ErrorKind::TileStore, "outside the store");
+    REFUSES(s.read_row(17, row), ErrorKind::TileStore, "row 17 is outside the store's 17 rows");
 
     using Edit = std::function<void(json&, const fs::path&)>;
     const std::vector<std::pair<Edit, std::string>> cases = {
         {[](json& m, const fs::path&) { m["files"]["embeddings"]["path"] = "../../etc/passwd"; }, "plain file name"},
         {[](json& m, const fs::path&) { m["files"]["embeddings"]["shape"] = {17, 3}; }, "shape"},
         {[](json& m, const fs::path&) { m["files"]["embeddings"]["dtype"] = "float64"; }, "dtype"},
-        {[](json& m, const fs::path&) { m["steps"] = 5; }, "region does not agree"},
-        {[](json& m, const fs::path&) { m["dim"] = -3; }, "'dim'"},
-        {[](json& m, const fs::path&) { m["dim"] = true; }, "'dim'"},
+        {[](json& m, const fs::path&) { m["steps"] = 5; }, "region.grid/steps/view_px 4/2/16 disagree with grid/steps/view_px 4/5/16"},
+        {[](json& m, const fs::path&) { m["dim"] = -3; }, "tiles.json: dim must be an integer in 1..65536, got -3"},
+        {[](json& m, const fs::path&) { m["dim"] = true; }, "dim must be an integer in 1..65536, got True"},
         {[](json& m, const fs::path&) { m["levels"][1]["offset"] = 3; }, "levels"},
         {[](json& m, const fs::path&) { m["format_version"] = 99; }, "format_version"},
-        {[](json& m, const fs::path&) { m.erase("encoder_id"); }, "encoder_id"},
-        {[](json& m, const fs::path&) { m["files"]["extra"] = {{"path", "x"}}; }, "unknown file role"},
-        {[](json& m, const fs::path&) { m["region"]["center_lat"] = "north"; }, "bad region"},
-        {[](json& m, const fs::path&) { m["files"]["embeddings"]["byte_order"] = "big"; }, "little-endian"},
-        {[](json& m, const fs::path&) { m["files"]["pixels"] = {{"shape", {17, 99, 99, 3}}}; }, "bad pixel pyramid size"},
+        {[](json& m, const fs::path&) { m.erase("encoder_id"); }, "encoder_id is missing"},
+        {[](json& m, const fs::path&) { m["files"]["extra"] = {{"path", "x"}}; }, "files.extra.dtype is missing"},
+        {[](json& m, const fs::path&) { m["files"]["extra"] = m["files"]["embeddings"]; }, "unknown file role 'extra'"},
+        {[](json& m, const fs::path&) { m["region"]["center_lat"] = "north"; }, "region.center_lat must be a finite number in [-90, 90], got 'north'"},
+        {[](json& m, const fs::path&) { m["files"]["embeddings"]["byte_order"] = "big"; }, "byte_order must be one of ['little'], got 'big'"},
+        {[](json& m, const fs::path&) {
+             m["files"]["pixels"] = m["files"]["embeddings"];
+             m["files"]["pixels"]["shape"] = {17, 99, 99, 3};
+         }, "files.pixels.shape[1] must be a thumbnail size in 1..16, got 99"},
         {[](json&, const fs::path& d) { write(d / "embeddings.f32", std::string(100, '\0')); }, "truncated"},
-        {[](json& m, const fs::path&) { m["files"]["embeddings"]["block_rows"] = 0; }, "block_rows"},
-        {[](json& m, const fs::path&) { m["files"]["embeddings"]["block_rows"] = 4; }, "block_sha256 must list 5"},
+        {[](json& m, const fs::path&) { m["files"]["embeddings"]["block_rows"] = 0; }, "block_rows must be an integer in 1.."},
+        {[](json& m, const fs::path&) { m["files"]["embeddings"]["block_rows"] = 4; }, "block_sha256 holds 1 digests, 17 rows in blocks of 4 need 5"},
+        {[](json& m, const fs::path&) { m["format_version"] = 1; }, "format_version 1, this jzi reads 2 (a store without block checksums"},
         {[](json& m, const fs::path&) { m["format"] = "zip"; }, "not a jzi tile store index"},
     };
     int n = 0;
@@ -181,22 +186,28 @@ static void test_tiles() {
     }
     TileStore b(blocked);
     b.read_row(3, row);
-    REFUSES(b.read_row(10, row), ErrorKind::TileStore, "rows 8..11 do not match their sha256");
+    REFUSES(b.read_row(10, row), ErrorKind::TileStore, "row 10 of embeddings.f32 is in a block (rows 8..11) that does not match its checksum");
     b.read_row(16, row);
 
-    // a NaN row is refused where it is read
-    const fs::path nan = make_store("nan");
-    {
-        std::fstream f(nan / "embeddings.f32", std::ios::in | std::ios::out | std::ios::binary);
-        const float v = std::nanf("");
-        f.seekp(7 * 4 * 4 + 4);
-        f.write(reinterpret_cast<const char*>(&v), 4);
-    }
-    TileStore t(nan);
-    REFUSES(t.read_row(7, row), ErrorKind::TileStore, "embedding row 7 holds NaN or Inf");
+    // a NaN (under a good checksum) is refused when its block is first read, naming the row
+    TileStore t(make_store("nan", nullptr, 4, [](std::vector<float>& v) { v[7 * 4 + 1] = std::nanf(""); }));
+    t.read_row(3, row);
+    REFUSES(t.read_row(6, row), ErrorKind::TileStore, "embedding row 7 holds NaN or Inf; rebuild the store");
+    REFUSES(TileStore(make_store("nan0", nullptr, 17, [](std::vector<float>& v) { v[2] = INFINITY; })), ErrorKind::TileStore,
+            "embedding row 0 holds NaN or Inf");
 }
 
 // ---- bundles ------------------------------------------------------------------------------------
+// The decoder's inputs and outputs that width 8, 2 heads of 4, 1 layer, cache 8 and 16 actions imply.
+static json decoder_io() {
+    auto t = [](const char* name, json shape, const char* dtype) { return json{{"name", name}, {"shape", shape}, {"dtype", dtype}}; };
+    const json cache = {"batch", 2, 8, 4};
+    return {{"inputs", {t("query", {"batch", 8}, "float32"), t("view", {"batch", 8}, "float32"), t("prev_action", {"batch"}, "int64"),
+                        t("step", json::array(), "int64"), t("past_key_values.0.key", cache, "float32"),
+                        t("past_key_values.0.value", cache, "float32")}},
+            {"outputs", {t("logits", {"batch", 16}, "float32"), t("present.0.key", cache, "float32"), t("present.0.value", cache, "float32")}}};
+}
+
 static fs::path make_bundle(const std::string& name, const std::function<void(json&, const fs::path&)>& edit = nullptr) {
     const fs::path dir = temp_dir(name);
     json files = json::object();
@@ -214,7 +225,7 @@ static fs::path make_bundle(const std::string& name, const std::function<void(js
               {"decoder", {{"layers", 1}, {"heads", 2}, {"head_dim", 4}, {"cache_len", 8}}}, {"files", files},
               {"tensors", {{"view_encoder", io("images", {"batch", 32, 32, 3}, "embedding")},
                            {"street_encoder", io("images", {"batch", 32, 64, 3}, "embedding")},
-                           {"decoder", {{"inputs", json::array()}, {"outputs", json::array()}}}}},
+                           {"decoder", decoder_io()}}},
               {"encoder_id", "enc"}, {"precision", "fp32"}};
     if (edit) edit(m, dir);
     write(dir / "manifest.json", m.dump());
@@ -235,15 +246,21 @@ static void test_bundle() {
         {[](json& m, const fs::path&) { m["files"].erase("decoder"); }, "no 'decoder' graph listed"},
         {[](json&, const fs::path& d) { fs::remove(d / "view_encoder.onnx"); }, "view_encoder.onnx is missing"},
         {[](json& m, const fs::path&) { m["format_version"] = 2; }, "format_version 2, this jzi reads 1"},
-        {[](json& m, const fs::path&) { m.erase("tensors"); }, "missing 'tensors'"},
-        {[](json& m, const fs::path&) { m["width"] = "wide"; }, "'width' must be an integer"},
-        {[](json& m, const fs::path&) { m["n_actions"] = 15; }, "grid * grid"},
-        {[](json& m, const fs::path&) { m["decoder"]["cache_len"] = 4; }, "cache_len"},
+        {[](json& m, const fs::path&) { m.erase("tensors"); }, "manifest.json: tensors is missing"},
+        {[](json& m, const fs::path&) { m["width"] = "wide"; }, "width must be an integer in 1..65536, got 'wide'"},
+        {[](json& m, const fs::path&) { m["n_actions"] = 300; }, "n_actions must be an integer in 4..256, got 300"},
+        {[](json& m, const fs::path&) { m["n_actions"] = 25; }, "n_actions is 25, a 4x4 grid has 16"},
+        {[](json& m, const fs::path&) { m["decoder"]["cache_len"] = 4; }, "decoder.cache_len is 4, 4 steps need 8"},
+        {[](json& m, const fs::path&) { m["tensors"]["decoder"]["outputs"][0]["shape"] = {"batch", 15}; },
+         "tensors.decoder.outputs 'logits' is float32 ['batch', 15], the manifest's sizes imply float32 ['batch', 16]"},
+        {[](json& m, const fs::path&) { m["tensors"]["decoder"]["inputs"].erase(4); }, "tensors.decoder.inputs names disagree"},
+        {[](json& m, const fs::path&) { m["files"]["decoder"]["sha256"] = "abc"; }, "files.decoder.sha256 must be 64 lowercase hex digits"},
     };
     int n = 0;
     for (const auto& [edit, why] : cases) REFUSES(load_manifest(make_bundle("bundle-bad" + std::to_string(n++), edit)), ErrorKind::Bundle, why);
     REFUSES(load_manifest(temp_dir("nomanifest")), ErrorKind::Bundle, "no manifest.json; is this a jzi bundle");
-    REFUSES(load_manifest("/nonexistent-bundle"), ErrorKind::Bundle, "not a bundle directory");
+    REFUSES(load_manifest("/nonexistent-bundle"), ErrorKind::Bundle, "/nonexistent-bundle: does not exist");
+    REFUSES(load_manifest(make_bundle("bundle-file") / "manifest.json"), ErrorKind::Bundle, "not a bundle directory");
     load_manifest(make_bundle("bundle-noverify", [](json&, const fs::path& d) { write(d / "decoder.onnx", "edited"); }), false);
 }
 
@@ -299,7 +316,12 @@ static void test_images() {
     REFUSES(decode_image(reinterpret_cast<const uint8_t*>(junk.data()), junk.size()), ErrorKind::Image, "not a readable image");
     REFUSES(decode_image(jpeg.data(), 10), ErrorKind::Image, "JPEG");
     const uint8_t png_head[] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n', 0, 0};
-    REFUSES(decode_image(png_head, sizeof(png_head)), ErrorKind::Image, "truncated or corrupt image header");
+    REFUSES(decode_image(png_head, sizeof(png_head)), ErrorKind::Image, "PNG without an IHDR header");
+    const std::string comment = "P6\n# a comment without its line end";  // looped forever in Python once
+    REFUSES(decode_image(reinterpret_cast<const uint8_t*>(comment.data()), comment.size()), ErrorKind::Image, "truncated or corrupt PNM header");
+    const std::string ppm = "P6\n640 480\n255\n";
+    const auto ppm_size = header_size(reinterpret_cast<const uint8_t*>(ppm.data()), ppm.size());
+    CHECK(ppm_size && ppm_size->first == 640 && ppm_size->second == 480);
     REFUSES(read_image("/nonexistent/photo.jpg"), ErrorKind::Image, "/nonexistent/photo.jpg: cannot read");
     REFUSES(read_image(fs::temp_directory_path()), ErrorKind::Image, "is a directory");
 

@@ -8,7 +8,9 @@
 //     decoder.onnx             one zoom step with a fixed-size KV cache
 //     *.engine                 optional TensorRT engines built on the target device
 //
-// The manifest is untrusted input: load_manifest validates it and the files' sha256 (OpenSSL).
+// The manifest is untrusted input: load_manifest validates every field against one schema (messages
+// name the field, as runtime/bundle.py's), checks that the fields agree with each other and with the
+// graph contract, and checks the files' sha256 (OpenSSL).
 #pragma once
 
 #include <cstdint>
@@ -17,10 +19,9 @@
 #include <string>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
 #include "jzi/error.h"
 #include "jzi/geometry.h"
+#include "jzi/schema.h"
 
 namespace jzi {
 
@@ -43,7 +44,7 @@ struct FileEntry {
 
 struct Manifest {
     fs::path root;
-    nlohmann::json doc;  // the whole manifest, for callers that want more
+    Json doc;  // the whole manifest (validated), for callers that want more
     Region region;
     int grid = 0, steps = 0, n_actions = 0, width = 0, image_size = 0;
     int layers = 0, heads = 0, head_dim = 0, cache_len = 0;
@@ -67,15 +68,8 @@ std::string sha256_bytes(const void* data, size_t size);
 std::vector<std::string> past_names(int layers);
 std::vector<std::string> present_names(int layers);
 
-// An untrusted jzi JSON document (manifest, tile-store index): valid JSON, its format and version,
-// the `required` keys present; any problem is one line in an Error of `kind`.
-nlohmann::json read_json_document(const fs::path& path, const std::string& format, int version, const std::string& what,
-                                  ErrorKind kind, const std::vector<std::string>& required);
-
-// How Python prints a JSON value in messages ('text' for strings, [1, 2] for lists, None for null).
-std::string py_repr(const nlohmann::json& value);
-
-// The region of a manifest or tile-store index; throws std::invalid_argument with the reason.
-Region region_from_json(const nlohmann::json& doc);
+// The Region of a validated region dict (a manifest's or a tile-store index's). Throws json errors on a
+// dict that was not validated against schema::region().
+Region region_from_json(const Json& doc);
 
 }  // namespace jzi

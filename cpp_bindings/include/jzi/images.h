@@ -1,9 +1,13 @@
 // Image decoding and preprocessing: files in, uint8 RGB at the bundle's sizes out (runtime/images.py).
 //
-// - Formats: whatever OpenCV decodes (JPEG, PNG, WebP, TIFF, BMP, ...); EXIF orientation honoured.
-// - Grey, RGBA (alpha dropped) and 16-bit images become 8-bit RGB.
+// - Formats: those whose size is read from the header here (JPEG, PNG, WebP, TIFF/BigTIFF, BMP, GIF,
+//   JPEG 2000, AVIF, PNM/PAM, PFM, Sun raster, Radiance HDR) and that this OpenCV decodes; anything
+//   else is refused before decoding. EXIF orientation honoured.
+// - Grey, RGBA (alpha dropped), 16-bit and float images become 8-bit RGB.
 // - Decompression bombs: the pixel count is read from the file header before decoding and checked
-//   against a cap, then checked again after decoding (for formats whose header is not parsed here).
+//   against a cap (then again after decoding); files larger than any image under the cap could be are
+//   refused before they are read.
+// - Folders: files are picked by suffix or by content.
 // - A street photo is stretched to S x 2S with INTER_LINEAR_EXACT, as the Python runtime does.
 #pragma once
 
@@ -20,8 +24,15 @@ namespace jzi {
 
 constexpr int64_t kMaxPixels = 100000000;  // 100 MP: far above any camera, far below exhausting memory
 
-// (width, height) from a PNG/JPEG/WebP/TIFF/BMP header, or nullopt when the format is not parsed here.
+// The image format named by the first bytes (32 are enough): "png", "jpeg", ... or "" (sniff_format).
+std::string sniff_format(const uint8_t* data, size_t size);
+// (width, height) from the header of any format sniff_format knows, nullopt for other bytes; a header
+// that is truncated or inconsistent is an Error(Image) ("truncated or corrupt PNG header", ...).
 std::optional<std::pair<int64_t, int64_t>> header_size(const uint8_t* data, size_t size);
+
+// Silence file descriptor 2 around each decode (libpng/libjpeg print there themselves); process-wide,
+// so CLIs turn it on and libraries embedding the runtime leave it off (QUIET_CODECS in runtime/images.py).
+void set_quiet_codecs(bool quiet);
 
 // Encoded bytes -> uint8 RGB [H, W, 3] (CV_8UC3), EXIF-rotated; Error(Image) on anything unusable.
 cv::Mat decode_image(const uint8_t* data, size_t size, int64_t max_pixels = kMaxPixels);
@@ -33,7 +44,7 @@ cv::Mat to_rgb8(const cv::Mat& img);
 // The photo stretched to image_size x 2*image_size into `out` (uint8 [S, 2S, 3], contiguous).
 void street_input(const cv::Mat& rgb, int image_size, uint8_t* out);
 
-// Image files directly inside `folder`, sorted by name (the suffixes jzi-run accepts).
+// Image files directly inside `folder`, by suffix or by content, sorted by name.
 std::vector<std::filesystem::path> list_images(const std::filesystem::path& folder);
 
 }  // namespace jzi

@@ -7,10 +7,12 @@
 //     pixels.u8         optional raw uint8 [total_views, P, P, 3] RGB thumbnails
 //
 // Row Region::level_offset(level) + Region::path_index(path) holds the view reached by `path`.
-// Opening validates every field, size and shape of tiles.json and maps the arrays with POSIX mmap;
-// nothing proportional to the region is read. A file entry may carry `block_rows` and `block_sha256`
-// (one sha256 per consecutive block of block_rows rows, the last possibly shorter): each block is
-// then checked the first time one of its rows is read. Every row read is checked to be finite.
+// Opening validates every field, size and shape of tiles.json (format 2, the messages of
+// runtime/tiles.py) and maps the arrays with POSIX mmap; nothing proportional to the region is read.
+// Each file entry carries `block_rows` and `block_sha256` (one sha256 per consecutive block of
+// block_rows rows, the last possibly shorter): a block is checked the first time one of its rows is
+// read (block 0 of the embeddings at open), embeddings also for NaN/Inf; a failing block is one
+// Error(TileStore) line naming the store and the row.
 #pragma once
 
 #include <atomic>
@@ -20,19 +22,17 @@
 #include <string>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
 #include "jzi/geometry.h"
+#include "jzi/schema.h"
 
 namespace jzi {
 
 namespace fs = std::filesystem;
 
-// A read-only memory map of one raw array file, with its optional per-block checksums.
+// A read-only memory map of one raw array file, with its per-block checksums and which blocks were checked.
 class MappedFile {
 public:
-    MappedFile() = default;
-    MappedFile(const fs::path& path, size_t bytes, size_t row_bytes, int64_t block_rows, std::vector<std::string> block_sha256);
+    MappedFile(const fs::path& path, size_t bytes, int64_t block_rows, std::vector<std::string> block_sha256);
     ~MappedFile();
     MappedFile(const MappedFile&) = delete;
     MappedFile& operator=(const MappedFile&) = delete;
@@ -40,13 +40,15 @@ public:
     const uint8_t* data() const { return data_; }
     size_t size() const { return size_; }
     const fs::path& path() const { return path_; }
-    // Check the block holding `row` against its sha256 once (a no-op without block checksums).
-    void check_block(int64_t row) const;
+    int64_t block_rows() const { return block_rows_; }
+    const std::string& block_sha256(int64_t block) const { return block_sha256_[static_cast<size_t>(block)]; }
+    bool verified(int64_t block) const { return verified_[static_cast<size_t>(block)].load(std::memory_order_acquire); }
+    void mark_verified(int64_t block) const { verified_[static_cast<size_t>(block)].store(true, std::memory_order_release); }
 
 private:
     fs::path path_;
     const uint8_t* data_ = nullptr;
-    size_t size_ = 0, row_bytes_ = 0;
+    size_t size_ = 0;
     int64_t block_rows_ = 0;
     std::vector<std::string> block_sha256_;
     std::unique_ptr<std::atomic<bool>[]> verified_;
@@ -57,7 +59,7 @@ public:
     explicit TileStore(const fs::path& path);  // throws Error(TileStore) with one line
 
     const fs::path& path() const { return path_; }
-    const nlohmann::json& meta() const { return meta_; }
+    const Json& meta() const { return meta_; }
     const Region& region() const { return region_; }
     int dim() const { return dim_; }
     const std::string& encoder_id() const { return encoder_id_; }
@@ -73,8 +75,11 @@ public:
     const uint8_t* pixels(int64_t row) const;
 
 private:
+    void check_block(const MappedFile& file, int64_t row) const;  // on a block's first read: sha256, finite
+    void to_float(int64_t row, float* out) const;
+
     fs::path path_;
-    nlohmann::json meta_;
+    Json meta_;
     Region region_;
     int dim_ = 0, thumb_px_ = 0;
     std::string encoder_id_, dtype_;

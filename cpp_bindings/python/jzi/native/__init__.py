@@ -22,6 +22,7 @@ TileStore = _native.TileStore
 load_manifest = _native.load_manifest
 decode_image = _native.decode_image
 read_image = _native.read_image
+header_size = _native.header_size
 street_input = _native.street_input
 available_backends = _native.available_backends
 
