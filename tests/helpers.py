@@ -31,4 +31,6 @@ def run_main(module: str, *args) -> subprocess.CompletedProcess:
         finally:
             if threads is not None:
                 torch.set_num_threads(threads)
+    if code == 130:  # the command caught a Ctrl-C meant for pytest: pass it on, or pytest would go on
+        raise KeyboardInterrupt
     return subprocess.CompletedProcess([module, *argv], code or 0, out.getvalue(), err.getvalue())
