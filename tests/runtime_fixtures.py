@@ -55,6 +55,8 @@ def shared_graph_exports():
     The dynamo export of a graph does not depend on the bundle's precision (every precision converts the
     same exported graph), and it is most of an export's time; the conversions, the parity checks against
     PyTorch and the manifest stay each bundle's own. Only for the session checkpoint (``make_checkpoint``)."""
+    import onnx
+
     from jzi.export import onnx_export as E
 
     def once(graph, export):
@@ -64,8 +66,6 @@ def shared_graph_exports():
                 _EXPORTED[key] = export(model, opset).SerializeToString()
             return onnx.load_from_string(_EXPORTED[key])  # a fresh copy: conversions edit it in place
         return export_once
-
-    import onnx
 
     with mock.patch.dict(E.EXPORTERS, {g: once(g, f) for g, f in E.EXPORTERS.items()}):
         yield
