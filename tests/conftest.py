@@ -1,7 +1,7 @@
 """Artifacts shared by the whole test session, each built once: the seed-0 tiny checkpoint, one bundle
 per precision, the GeoTIFF and the tile stores built from it (builders in runtime_fixtures.py, cached
-under pytest's session temp directory). Tests only read them; one that needs to change an artifact
-copies it first."""
+under pytest's session temp directory), and one local Ray. Tests only read them; one that needs to
+change an artifact copies it first."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,4 +21,13 @@ def checkpoint(rt_base) -> Path:  # noqa: F811
 def bundles(rt_base, checkpoint) -> dict[str, Path]:  # noqa: F811
     """One bundle per precision, exported from ``checkpoint``."""
     return {p: make_bundle(rt_base, p) for p in PRECISIONS}
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """One private 2-CPU Ray for the whole session, started by the first test that asks (a start costs seconds)."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'jzi[ray]')")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield ray
+    ray.shutdown()
 

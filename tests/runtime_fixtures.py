@@ -6,7 +6,9 @@ so the test modules that import these fixtures pay for each artefact once per se
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -43,12 +45,39 @@ def make_checkpoint(path: Path) -> Path:
     return path
 
 
+_EXPORTED: dict[tuple, bytes] = {}  # (graph, opset) -> the seed-0 tiny model's graph as exported, once a session
+
+
+@contextlib.contextmanager
+def shared_graph_exports():
+    """While active, export_bundle's graph exports of the seed-0 tiny model are done once per session.
+
+    The dynamo export of a graph does not depend on the bundle's precision (every precision converts the
+    same exported graph), and it is most of an export's time; the conversions, the parity checks against
+    PyTorch and the manifest stay each bundle's own. Only for the session checkpoint (``make_checkpoint``)."""
+    import onnx
+
+    from jzi.export import onnx_export as E
+
+    def once(graph, export):
+        def export_once(model, opset):
+            key = (graph, opset)
+            if key not in _EXPORTED:
+                _EXPORTED[key] = export(model, opset).SerializeToString()
+            return onnx.load_from_string(_EXPORTED[key])  # a fresh copy: conversions edit it in place
+        return export_once
+
+    with mock.patch.dict(E.EXPORTERS, {g: once(g, f) for g, f in E.EXPORTERS.items()}):
+        yield
+
+
 def make_bundle(base: Path, precision: str = "fp32") -> Path:
     from jzi.export.onnx_export import export_bundle
 
     out = base / f"bundle_{precision}"
     if not out.exists():
-        export_bundle(make_checkpoint(base / "tiny.pt"), out, precision=precision, log=lambda *a, **k: None)
+        with shared_graph_exports():
+            export_bundle(make_checkpoint(base / "tiny.pt"), out, precision=precision, log=lambda *a, **k: None)
     return out
 
 

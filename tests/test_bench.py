@@ -1,14 +1,16 @@
-"""jzi-bench runs as a user runs it and writes the figures it prints."""
+"""jzi-bench runs as a user runs it and writes the figures it prints (its ``main`` in this process,
+tests/helpers.py; the scale suite's worker is a process of its own by design, so it runs as one)."""
 import json
 import subprocess
 import sys
 
+from helpers import run_main
+
 
 def test_kvcache_suite_writes_json(tmp_path):
     out = tmp_path / "r.json"
-    res = subprocess.run([sys.executable, "-m", "jzi.export.bench", "kvcache", "--preset", "tiny", "--repeats", "2",
-                          "--threads", "1", "--workdir", str(tmp_path / "w"), "--json", str(out)],
-                         capture_output=True, text=True, timeout=300)
+    res = run_main("jzi.export.bench", "kvcache", "--preset", "tiny", "--repeats", "2", "--threads", "1",
+                   "--workdir", tmp_path / "w", "--json", out)
     assert res.returncode == 0, res.stderr
     data = json.loads(out.read_text())
     rows = data["kvcache"]
@@ -26,5 +28,5 @@ def test_flat_worker_reports_memory_and_search_time(tmp_path):
 
 
 def test_unknown_suite_is_one_clear_error():
-    res = subprocess.run([sys.executable, "-m", "jzi.export.bench", "nosuch"], capture_output=True, text=True)
+    res = run_main("jzi.export.bench", "nosuch")
     assert res.returncode != 0 and "unknown suite 'nosuch'" in res.stderr

@@ -21,6 +21,7 @@ from jzi.runtime.bundle import GRAPHS, MANIFEST, BundleError, load_manifest, sha
 from jzi.runtime.localizer import Localizer
 from jzi.runtime.tiles import write_store
 from helpers import run_main
+from runtime_fixtures import shared_graph_exports
 
 PRECISIONS = ("fp32", "int8", "fp16")
 # how far each precision's encoders may move an embedding, relative to its largest component
@@ -241,7 +242,7 @@ def test_quantized_gate_judges_decisive_rollouts_only(bundles):
 def test_failed_parity_leaves_nothing(checkpoint, tmp_path, monkeypatch):
     monkeypatch.setattr(E, "FP32_MAX_REL", 0.0)  # no real export meets a zero tolerance
     out = tmp_path / "bundle"
-    with pytest.raises(E.ExportError, match="parity check failed"):
+    with pytest.raises(E.ExportError, match="parity check failed"), shared_graph_exports():
         E.export_bundle(checkpoint, out, parity=E.ParitySettings(rollouts=4, end_to_end=1))
     assert not out.exists() and leftovers(tmp_path) == []
 
@@ -384,7 +385,8 @@ def test_official_preset_exports_in_time_and_memory(tmp_path):
 # the int8 decoder (jzi-export --decoder-precision int8)
 def test_int8_decoder_bundle_runs_close_to_fp32(bundles, checkpoint, tmp_path):  # noqa: F811
     fp32 = bundles["fp32"]
-    out, man = E.export_bundle(checkpoint, tmp_path / "int8dec", decoder_precision="int8", threads=1)
+    with shared_graph_exports():  # the session's graphs of this checkpoint; the int8 conversion and gates are new
+        out, man = E.export_bundle(checkpoint, tmp_path / "int8dec", decoder_precision="int8", threads=1)
     assert man["decoder"]["precision"] == "int8" and man["precision"] == "fp32"
     assert "MatMulNBits" in man["precision_notes"]
     ops = {n.op_type for n in onnx.load(out / "decoder.onnx").graph.node}

@@ -22,13 +22,8 @@ ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'jzi[
 from jzi.runtime.ray_jobs import RayJobError, RayOptions, TileChunks, write_store_ray  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    """One private 2-CPU Ray for the module (starting Ray costs seconds)."""
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers do not import tests/
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers do not import tests/
+# local_ray: the session's one Ray (conftest.py)
 
 
 class Faulty(TileChunks):

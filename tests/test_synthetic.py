@@ -7,6 +7,7 @@ import sys
 import cv2
 import numpy as np
 import pytest
+from helpers import run_main
 
 from jzi.export.synthetic import World, WorldConfig
 from jzi.runtime.geometry import Region
@@ -16,8 +17,9 @@ FAST = ["--meters-per-pixel", "10", "--train", "6", "--val", "3", "--test", "3",
 
 
 def synth(out, *extra):
-    return subprocess.run([sys.executable, "-m", "jzi.export.synthetic", str(out), *FAST, *extra],
-                          capture_output=True, text=True, timeout=300)
+    """jzi-synth's main in this process (tests/helpers.py); test_bad_flags_are_one_line_errors runs the module
+    as its own process."""
+    return run_main("jzi.export.synthetic", out, *FAST, *extra)
 
 
 @pytest.fixture(scope="module")
