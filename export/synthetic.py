@@ -11,9 +11,9 @@
 The imagery has structure at every zoom scale, so each of the four zoom steps carries information:
 each 2.5 km district (a level-0 cell) has its own ground palette; each 625 m neighbourhood (level 1)
 its own street-grid angle and spacing, roof colour family and greenery; each 156 m block (level 2)
-a land use (dense or sparse buildings, park, pond, plaza), its buildings' height and facade pattern,
-and a paving brightness and colourfulness on its open ground and streets; below that, single buildings, trees,
-shadows, plus a river and arterial roads across cells.
+a land use (dense or sparse buildings, park, pond, plaza), its buildings' height and facade
+pattern, and a paving brightness and colourfulness on its open ground and streets; below that,
+single buildings, trees, shadows, plus a river and arterial roads across cells.
 
 A street photo looks outward from the ground: the surroundings are projected onto a ground plane
 seen from 2.5 m up (a perspective polar warp), buildings stand up as facades, the heading is random
@@ -66,10 +66,9 @@ class WorldConfig:
     fov_deg: tuple = (200.0, 360.0)  # random horizontal field of view of a street photo
     min_zoom: int = 8
     jpeg_quality: int = 90
-    # Each block's open ground and streets carry its code (brightness by column,
-    # colourfulness by row), so a street
-    # photo shows its block underfoot. False is version 1 of the world, where only buildings did and
-    # 27 % of photos saw nothing of their own block (parks, ponds, plazas, edges; RESULTS.md, issue 9).
+    # Each block's open ground and streets carry its code (brightness by column, colourfulness by row),
+    # so a street photo shows its block underfoot. False is version 1 of the world, where only buildings
+    # did and 27 % of photos saw nothing of their own block (parks, ponds, plazas, edges; RESULTS.md).
     block_ground: bool = True
     # No poles or cars in front of the camera, and no exposure, white-balance, blur or noise changes
     # (the --easy world, with full panoramas)
