@@ -69,8 +69,9 @@ def run(out: Path, street_epochs: int, epochs: int, world_size: str, easy: bool,
     _done(t)
 
     t = _step(2, f"train the tiny model (CPU recipe: {street_epochs} epochs street phase, {epochs} epochs zoom decoder)")
-    best = train_dir / "best.pt"
-    if best.is_file() and not fresh and best.stat().st_mtime >= (world / "world.json").stat().st_mtime:
+    best, last = train_dir / "best.pt", train_dir / "last.pt"
+    world_made = (world / "world.json").stat().st_mtime  # a checkpoint older than the world is not its model
+    if best.is_file() and not fresh and best.stat().st_mtime >= world_made:
         print(f"   reusing {best}")
     else:
         # jzi-train's CPU recipe: the encoder learns from street photos first, then the zoom decoder on its embeddings
@@ -78,8 +79,7 @@ def run(out: Path, street_epochs: int, epochs: int, world_size: str, easy: bool,
                 str(street_epochs), "--epochs", str(epochs), "--seed", "0", "--quiet"]
         if threads:
             argv += ["--threads", str(threads)]
-        last = train_dir / "last.pt"
-        if last.is_file() and not fresh and last.stat().st_mtime >= (world / "world.json").stat().st_mtime:
+        if last.is_file() and not fresh and last.stat().st_mtime >= world_made:
             argv.append("--resume")  # an interrupted demo continues its training
         if train_main(argv) != 0 or not best.is_file():
             print("demo: training failed (see above)", file=sys.stderr)
@@ -136,12 +136,12 @@ def localize_split(bundle: Path, store: Path, world: Path, viz: Path, threads: i
     # the picture shows how a right answer is found: the first test photo answered within 100 m, if any
     hits = [i for i, r in enumerate(rows) if r["error_m"] <= 100]
     pick = hits[0] if hits else 0
-    first = rows[pick]
-    views = view_images(loc.region, first["path"], source=open_source(world / "satellite"))
+    shown = rows[pick]
+    views = view_images(loc.region, shown["path"], source=open_source(world / "satellite"))
     which = "first test photo answered within 100 m" if hits else "first test photo"
-    caption = (f"{first['image']} ({which}): answer {first['answer'][0]:.6f}, {first['answer'][1]:.6f}; truth "
-               f"{first['truth'][0]:.6f}, {first['truth'][1]:.6f}; error {first['error_m']:.0f} m (synthetic world)")
-    save_rgb(viz, draw_zoom(photos[pick], views, loc.region, first["path"], first["step_probs"], first["truth"], caption))
+    caption = (f"{shown['image']} ({which}): answer {shown['answer'][0]:.6f}, {shown['answer'][1]:.6f}; truth "
+               f"{shown['truth'][0]:.6f}, {shown['truth'][1]:.6f}; error {shown['error_m']:.0f} m (synthetic world)")
+    save_rgb(viz, draw_zoom(photos[pick], views, loc.region, shown["path"], shown["step_probs"], shown["truth"], caption))
     return rows, loc.region
 
 
