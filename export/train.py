@@ -207,12 +207,13 @@ def encode_streets(model: JustZoomIn, root, records, copies: int, device, seed: 
 
 
 @torch.no_grad()
-def encode_streets_in_memory(model: JustZoomIn, root, records, copies: int, device, seed: int, hue: float,
+def encode_streets_in_memory(model: JustZoomIn, root, records, copies: int, device, seed: int, aug,
                              batch: int = 256, progress: bool = False) -> torch.Tensor:
-    """``encode_streets`` for the cpu recipe: photos decoded once, copies augmented in batches (fast_data)."""
-    from .fast_data import Augment, MemoryData, street_batch
+    """``encode_streets`` for the cpu recipe: photos decoded once, copies augmented in batches (fast_data's
+    ``Augment``; None: every copy plain)."""
+    from .fast_data import MemoryData, street_batch
 
-    size, aug = model.cfg.image_size, Augment(hue=hue)
+    size = model.cfg.image_size
     data = MemoryData(root, records, None, size, photo_scale=1 if copies == 1 else 2, progress=progress,
                       with_views=False)
     gen = torch.Generator().manual_seed(seed)
@@ -222,6 +223,15 @@ def encode_streets_in_memory(model: JustZoomIn, root, records, copies: int, devi
             x = street_batch(data.photos[i:i + batch], size, gen, aug if c else None)
             out[i:i + batch, c] = model.encode_street(x.to(device)).float().cpu()
     return out
+
+
+def batched_augment(a):
+    """The in-memory recipes' batched augmentation from the command line (None with --no-augment)."""
+    from .fast_data import Augment
+
+    if a.no_augment:
+        return None
+    return Augment(hue=a.hue_jitter, brightness=a.colour_jitter, contrast=a.colour_jitter, saturation=a.colour_jitter)
 
 
 # ---- the training run ------------------------------------------------------------------------------------------
@@ -468,7 +478,7 @@ class Run:
     def _street_setup(self):
         """The cpu recipe's first phase: the encoder and per-step heads learn each step's cell from the street
         photo alone (no views, no decoder): half the images per sample, and a short gradient path."""
-        from .fast_data import Augment, MemoryData, street_batch
+        from .fast_data import MemoryData, street_batch
 
         a = self.a
         show = self.dist.main and not a.quiet
@@ -476,7 +486,7 @@ class Run:
         data = MemoryData(a.data, self.train_records, None, size, progress=show, with_views=False)
         val = MemoryData(a.data, self.val_records, None, size, photo_scale=1, progress=show, with_views=False)
         model = self.dist.wrap(StreetHeads(self.model, self.aux))
-        aug = None if a.no_augment else Augment(hue=a.hue_jitter)
+        aug = batched_augment(a)
         per_epoch = max(1, len(data) // (a.batch_size * self.dist.world))
 
         def batches(epoch):
@@ -500,7 +510,7 @@ class Run:
     def _memory_setup(self):
         """The in-memory recipe: views and photos decoded once, batched tensor augmentation, each distinct view
         of a batch encoded once; validation greedy-decodes the val split against a fresh view table."""
-        from .fast_data import Augment, MemoryData, street_batch, view_batch
+        from .fast_data import MemoryData, street_batch, view_batch
 
         a = self.a
         show = self.dist.main and not a.quiet
@@ -508,7 +518,7 @@ class Run:
         data = MemoryData(a.data, self.train_records, self.bank, size, progress=show)
         val = MemoryData(a.data, self.val_records, self.bank, size, photo_scale=1, progress=show)  # runtime pixels
         model = self.dist.wrap(SharedViewsForward(self.model, self.aux))
-        aug = None if a.no_augment else Augment(hue=a.hue_jitter)
+        aug = batched_augment(a)
         per_epoch = max(1, len(data) // (a.batch_size * self.dist.world))
 
         def batches(epoch):
@@ -550,8 +560,8 @@ class Run:
         show = self.dist.main and not a.quiet
         if a.recipe in ("memory", "cpu"):
             train_g = encode_streets_in_memory(model, a.data, self.train_records, a.street_copies, self.device, a.seed,
-                                               a.hue_jitter, progress=show).to(self.device)
-            val_g = encode_streets_in_memory(model, a.data, self.val_records, 1, self.device, a.seed, a.hue_jitter,
+                                               batched_augment(a), progress=show).to(self.device)
+            val_g = encode_streets_in_memory(model, a.data, self.val_records, 1, self.device, a.seed, None,
                                              progress=show)[:, 0]
         else:
             train_g = encode_streets(model, a.data, self.train_records, a.street_copies, self.device, a.seed,
@@ -617,6 +627,9 @@ def parse_args(argv=None):
                    "unbounded with --minutes)")
     p.add_argument("--hue-jitter", type=float, default=0.0,
                    help="--recipe memory/cpu: hue jitter strength (the authors' 0.05 erases hue-coded places; default 0)")
+    p.add_argument("--colour-jitter", type=float, default=0.2,
+                   help="--recipe memory/cpu: brightness, contrast and saturation jitter strength of street photos "
+                   "(default %(default)s, the authors')")
     p.add_argument("--aux-weight", type=float, default=0.0,
                    help="--recipe memory: weight of an auxiliary loss that predicts every step's action from the street "
                    "embedding alone (training-only heads; default %(default)s: the authors' loss only)")
@@ -663,6 +676,8 @@ def parse_args(argv=None):
         p.error("--epochs must be >= 1")
     if a.minutes is not None and a.minutes <= 0:
         p.error("--minutes must be > 0")
+    if not 0 <= a.colour_jitter < 1:
+        p.error("--colour-jitter must be within [0, 1)")
     if not 0 <= a.warmup < 1 or not 0 <= a.label_smoothing < 1:
         p.error("--warmup and --label-smoothing must be within [0, 1)")
     return a

@@ -266,3 +266,16 @@ def test_cpu_recipe_budget_splits_minutes_and_does_not_cap_street_epochs(tmp_pat
     assert _street_phase_finished(last, Namespace(epochs=None, minutes=20.0))
     assert _street_phase_finished(last, Namespace(epochs=40, minutes=None))
     assert not _street_phase_finished(last, Namespace(epochs=41, minutes=None))
+
+
+def test_colour_jitter_and_hue_jitter_reach_the_batched_augmentation():
+    from jzi.export.train import batched_augment, parse_args
+
+    default = batched_augment(parse_args(["w", "--out", "o", "--recipe", "cpu"]))
+    assert (default.brightness, default.contrast, default.saturation, default.hue) == (0.2, 0.2, 0.2, 0.0)
+    off = batched_augment(parse_args(["w", "--out", "o", "--recipe", "cpu", "--colour-jitter", "0", "--hue-jitter",
+                                      "0.05"]))
+    assert (off.brightness, off.contrast, off.saturation, off.hue) == (0.0, 0.0, 0.0, 0.05)
+    assert batched_augment(parse_args(["w", "--out", "o", "--no-augment"])) is None
+    with pytest.raises(SystemExit):
+        parse_args(["w", "--out", "o", "--colour-jitter", "1.5"])
