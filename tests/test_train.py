@@ -128,6 +128,18 @@ def test_frozen_encoder_trains_only_the_decoder_and_resume_is_exact(world, views
     assert [h["epoch"] for h in history] == [1, 2, 3]
 
 
+def test_frozen_encoder_trains_its_first_epoch_even_when_caching_spends_the_budget(world, views_cache, tmp_path):
+    """--minutes counts the embedding cache; a budget it spends alone still leaves a trained decoder."""
+    torch.manual_seed(3)
+    init = tmp_path / "init.pt"
+    save_checkpoint(JustZoomIn(get_preset("tiny")), init)
+    run_train(world, tmp_path / "run", views_cache, "--frozen-encoder", "--init", init, "--batch-size", "4",
+              "--street-copies", "2", "--no-test", "--minutes", "0.0001")
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1]
+    assert (tmp_path / "run" / "best.pt").is_file()
+
+
 def test_eval_cli_and_train_eval_agree(world, views_cache, tmp_path):
     out = tmp_path / "run"
     torch.manual_seed(1)
