@@ -18,6 +18,7 @@ def suite_accuracy(args, wd: Workdir) -> list[dict]:
 
     from .checkpoint import load_checkpoint
     from .data import image_path, read_split
+    from .onnx_export import decisive_decisions, decisive_rollouts
     from .evaluate import evaluate, path_metrics
     from .retrieval import evaluate_retrieval, load_raster_source, train_infonce
 
@@ -43,20 +44,23 @@ def suite_accuracy(args, wd: Workdir) -> list[dict]:
         if not (stores[builder, dtype] / "tiles.json").exists():
             build_store(stores[builder, dtype], wd.bundle(ckpt, builder), root / "satellite", threads=args.threads,
                         dtype=dtype, force=True, progress=False)
-    fp32_paths = decisive = None
+    fp32_paths = decisive = fp32_logits = None
     for precision, dtype, builder, beams in variants:
         loc = Localizer(wd.bundle(ckpt, precision), stores[builder, dtype], backend="ort-cpu", threads=args.threads)
         res = [loc.localize(p, beams=beams) for p in photos]
         paths = np.array([r.path for r in res])
         if fp32_paths is None:  # the first variant, fp32 bundle and store: the reference
-            fp32_paths, decisive = paths, decisive_queries(loc, photos)
+            fp32_logits = reference_logits(loc, photos)
+            fp32_paths, decisive = paths, decisive_rollouts(fp32_logits)
+        decisions, same_decisions = decisive_decisions(paths, fp32_paths, fp32_logits)
         m = path_metrics(paths, truth, latlon, region)
         row = {"method": f"jzi {precision} bundle, {dtype} store built by the {builder} bundle, "
                          + ("greedy" if beams == 1 else f"beam {beams} (top candidate)"),
                **_recalls(m), "same_path_as_pytorch": float((paths == torch_paths).all(1).mean()),
                "same_final_cell_as_fp32": float((paths == fp32_paths).all(1).mean()),
                "same_final_cell_as_fp32_decisive": float((paths == fp32_paths).all(1)[decisive].mean()),
-               "decisive_queries": int(decisive.sum())}
+               "decisive_queries": int(decisive.sum()),
+               "same_decision_as_fp32_decisive": same_decisions, "decisive_decisions": decisions}
         if beams > 1:
             best = np.array([[distance_m(np.array([c.latitude, c.longitude]), ll) for c in r.candidates]
                              for r, ll in zip(res, latlon)]).min(1)
@@ -73,13 +77,19 @@ def suite_accuracy(args, wd: Workdir) -> list[dict]:
     return rows
 
 
+def reference_logits(loc, photos) -> np.ndarray:
+    """[N, S, A]: every step's logits of the greedy rollouts through ``loc`` (the decisive-gate reference)."""
+    from .bench_agreement import greedy_logits, street_queries
+
+    return greedy_logits(loc, street_queries(loc, photos))[1]
+
+
 def decisive_queries(loc, photos) -> np.ndarray:
     """[N] bool: the queries whose greedy rollout through ``loc`` is decisive at every step (the best cell
     leads the runner-up by >= 0.1 in probability; the gates of issue 9 and 14 are judged on these)."""
-    from .bench_agreement import greedy_logits, street_queries
     from .onnx_export import decisive_rollouts
 
-    return decisive_rollouts(greedy_logits(loc, street_queries(loc, photos))[1])
+    return decisive_rollouts(reference_logits(loc, photos))
 
 
 def _recalls(m: dict) -> dict:

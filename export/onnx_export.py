@@ -425,6 +425,19 @@ def decisive_rollouts(ref_logits: np.ndarray, gap: float = DECISIVE_GAP) -> np.n
     return ((top2[..., 1] - top2[..., 0]) >= gap).all(axis=1)
 
 
+def decisive_decisions(got_paths: np.ndarray, ref_paths: np.ndarray, ref_logits: np.ndarray,
+                       gap: float = DECISIVE_GAP) -> tuple[int, float | None]:
+    """The reference's decisive decisions and the share another rollout repeats: (count, agreement).
+
+    A decision is step k of a query where both rollouts reached the same cell so far and the reference's
+    best cell leads its runner-up by >= ``gap`` in probability. Unlike ``decisive_rollouts`` (decisive at
+    every step), this keeps a query's confident coarse steps when its last step is a near-tie."""
+    top2 = np.sort(torch.softmax(torch.from_numpy(np.asarray(ref_logits)), -1).numpy(), axis=-1)[..., -2:]
+    decisive = ((top2[..., 1] - top2[..., 0]) >= gap) & _same_prefix(got_paths, ref_paths)
+    n = int(decisive.sum())
+    return n, (float((got_paths == ref_paths)[decisive].mean()) if n else None)
+
+
 def _decisive_figures(got_paths: np.ndarray, ref_paths: np.ndarray, ref_logits: np.ndarray) -> dict:
     decisive = decisive_rollouts(ref_logits)
     same = (got_paths == ref_paths).all(axis=1)

@@ -224,6 +224,18 @@ def test_parity_gate_catches_a_wrong_graph(bundles, reference):
     assert E.parity_failures(figures, "int8") == []  # as an int8 export the same figures pass
 
 
+def test_decisive_decisions_count_confident_steps_on_a_shared_prefix():
+    confident, tie = [9.0] + [0.0] * 15, [1.0, 1.0] + [0.0] * 14  # a 0.99 lead; a near-tie of two cells
+    ref_paths = np.array([[0, 0], [0, 0], [0, 0]])
+    ref_logits = np.array([[confident, tie], [confident, confident], [confident, confident]])
+    got = np.array([[0, 1],   # differs only at a near-tie: not a decisive decision
+                    [0, 5],   # differs at a confident step: counted, disagrees
+                    [3, 0]])  # differs at step 0; step 1 then saw other views: only step 0 counts
+    assert E.decisive_decisions(got, ref_paths, ref_logits) == (4, 0.5)
+    assert E.decisive_decisions(ref_paths, ref_paths, ref_logits) == (5, 1.0)
+    assert E.decisive_decisions(got[:1], ref_paths[:1], np.array([[tie, tie]])) == (0, None)
+
+
 def test_quantized_gate_judges_decisive_rollouts_only(bundles):
     figures = load_manifest(bundles["int8"])["parity"]
     e2e = figures["end_to_end"]
