@@ -53,12 +53,14 @@ into place. Rewriting a chunk writes the same bytes, so reruns and retries are h
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
 import threading
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -332,7 +334,9 @@ def upgrade_store(path) -> dict:
 # writing: chunked and idempotent
 # ---------------------------------------------------------------------------------------------
 Produce = Callable[[np.ndarray], "tuple[np.ndarray, np.ndarray | None]"]
+Render = Callable[[np.ndarray], np.ndarray]
 CHUNK_ROWS = 1024
+RENDER_AHEAD = 2  # batches the side thread renders ahead of the encoder (a few MB each at 384 px)
 
 
 @dataclass(frozen=True)
@@ -539,25 +543,40 @@ def _nothing_left_unless_kept(out: Path):
 
 def write_store(out, region: Region, dim: int, encoder_id: str, produce: Produce, *, dtype: str = "float16",
                 thumb_px: int = 0, batch: int = 32, chunk_rows: int = CHUNK_ROWS, meta: dict | None = None,
-                force: bool = False, progress: bool = True, shard: tuple[int, int] = (0, 1)) -> Path | None:
+                force: bool = False, progress: bool = True, shard: tuple[int, int] = (0, 1),
+                render: Render | None = None) -> Path | None:
     """Fill a store chunk by chunk from ``produce(rows) -> (embeddings [n, D], views uint8 [n, S, S, 3] or None)``.
 
     Resumable: the work goes to ``OUT.partial/``; a rerun with the same settings skips the chunks
     marked done. ``shard=(i, N)`` does only chunks ``c % N == i`` and leaves the merge (checksums,
     index, rename) to :func:`finalize_store`; the whole job (``(0, 1)``) merges itself and returns
     the store's path. ``force`` replaces an existing store and discards a mismatched partial build.
+    With ``render``, ``produce`` receives ``render(rows)`` (made ahead on a side thread, see
+    :func:`build_chunks`) instead of the rows.
     """
     layout = StoreLayout(region, dim, encoder_id, dtype, thumb_px, chunk_rows, dict(meta or {}))
     partial = prepare_build(out, layout, force)
     if partial is None:
         return Path(out)
-    build_chunks(partial, layout, produce, batch=batch, shard=shard, progress=progress, label=Path(out).name)
+    build_chunks(partial, layout, produce, batch=batch, shard=shard, progress=progress, label=Path(out).name,
+                 render=render)
     return finalize_store(out) if shard[1] == 1 else None
 
 
 def build_chunks(partial: Path, layout: StoreLayout, produce: Produce, *, batch: int, shard: tuple[int, int],
-                 progress: bool, label: str) -> None:
-    """The one-worker loop: this shard's chunks not yet done, ``batch`` rows per ``produce`` call."""
+                 progress: bool, label: str, render: Render | None = None) -> None:
+    """The one-worker loop: this shard's chunks not yet done, ``batch`` rows per ``produce`` call.
+
+    A pipeline of two threads, so that rendering and writing overlap with encoding (ONNX Runtime
+    releases the GIL while it runs): one side thread runs ``render(rows)`` up to ``RENDER_AHEAD``
+    batches ahead and writes each finished chunk (rows, flush, done marker), in order, while the
+    calling thread runs ``produce``. ``render`` only ever runs on that side thread, one call at a
+    time, so a source that is not thread-safe is fine. Without ``render``, ``produce`` gets the rows
+    and only the writes move to the side thread. The batches, and so the bytes written, are the same
+    either way. An error in any stage reaches the caller after the chunks finished before it are
+    written (a rerun resumes from them).
+    """
+    from concurrent.futures import ThreadPoolExecutor
     from tqdm import tqdm
 
     from .shards import shard_chunks
@@ -571,20 +590,58 @@ def build_chunks(partial: Path, layout: StoreLayout, produce: Produce, *, batch:
     desc = f"tiles {label}" + (f" shard {shard[0]}/{shard[1]}" if shard[1] > 1 else "")
     bar = tqdm(total=total, initial=already, unit="view", desc=desc, disable=not progress, dynamic_ncols=True,
                smoothing=0.1)
+    first_stage = render or _rows_as_they_are
+    batches = chunk_batches(layout, todo, batch)
+    ahead = deque()  # (chunk, last batch of the chunk?, future of the first stage), in order
+
+    def submit_next() -> None:
+        for chunk, rows, last in itertools.islice(batches, 1):
+            ahead.append((chunk, last, side.submit(first_stage, rows)))
+
     writer = ChunkWriter(partial, layout)
+    side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jzi-tiles")
+    writes = deque()  # the side thread runs jobs in order, so writes finish in order
     try:
-        for chunk in todo:
-            start, stop = layout.chunk_range(chunk)
-            embs, thumbs = [], []
-            for a in range(start, stop, batch):
-                emb, views = produce(np.arange(a, min(a + batch, stop)))
-                embs.append(np.asarray(emb, dtype=np.float32))
-                thumbs.append(make_thumbs(views, layout.thumb_px))
-                bar.update(len(embs[-1]))
-            writer.write(chunk, np.concatenate(embs), np.concatenate(thumbs) if layout.thumb_px else None)
+        for _ in range(RENDER_AHEAD):
+            submit_next()
+        embs, thumbs = [], []
+        while ahead:
+            chunk, last, rendering = ahead.popleft()
+            rendered = rendering.result()  # an error raised while rendering is raised here
+            submit_next()
+            emb, views = produce(rendered)
+            embs.append(np.asarray(emb, dtype=np.float32))
+            thumbs.append(make_thumbs(views, layout.thumb_px))
+            bar.update(len(embs[-1]))
+            if last:
+                writes.append(side.submit(writer.write, chunk, np.concatenate(embs),
+                                          np.concatenate(thumbs) if layout.thumb_px else None))
+                embs, thumbs = [], []
+            while writes and writes[0].done():
+                writes.popleft().result()  # a failed write stops the build now, not at the end
+    except BaseException:
+        for *_, rendering in ahead:
+            rendering.cancel()  # renders not started yet are dropped; chunks already produced are still written
+        raise
     finally:
+        side.shutdown(wait=True)
         bar.close()
         writer.close()
+    for w in writes:
+        w.result()
+
+
+def chunk_batches(layout: StoreLayout, chunks: list[int], batch: int):
+    """(chunk, rows, whether it is the chunk's last batch) for every batch of ``chunks``, in order (lazily:
+    a large store has millions)."""
+    for chunk in chunks:
+        start, stop = layout.chunk_range(chunk)
+        for a in range(start, stop, batch):
+            yield chunk, np.arange(a, min(a + batch, stop)), a + batch >= stop
+
+
+def _rows_as_they_are(rows: np.ndarray) -> np.ndarray:
+    return rows
 
 
 def _replace_dir(src: Path, dst: Path) -> None:
@@ -668,18 +725,21 @@ def build_store(out, bundle_dir, source, *, backend: str = "auto", threads: int 
     if note:
         (warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr)))(note)
 
-    def produce(rows: np.ndarray):
-        views = render_views(src, layout.region, rows)
+    def render(rows: np.ndarray) -> np.ndarray:  # on build_chunks' side thread, ahead of the encoder
+        return render_views(src, layout.region, rows)
+
+    def produce(views: np.ndarray):
         return engine.encode_views(views), views
 
+    settings = dict(batch=batch, shard=shard, progress=progress, label=Path(out).name, render=render)
     if shard[1] > 1:  # other shards share the partial build: never remove it from here
         partial = prepare_build(out, layout, force)
         if partial is not None:
-            build_chunks(partial, layout, produce, batch=batch, shard=shard, progress=progress, label=Path(out).name)
+            build_chunks(partial, layout, produce, **settings)
         return None
     with _nothing_left_unless_kept(Path(out)):
         partial = prepare_build(out, layout, force)
         if partial is None:
             return Path(out)
-        build_chunks(partial, layout, produce, batch=batch, shard=shard, progress=progress, label=Path(out).name)
+        build_chunks(partial, layout, produce, **settings)
     return finalize_store(out)

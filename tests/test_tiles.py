@@ -102,6 +102,79 @@ def test_interrupted_build_resumes_and_only_does_the_rest(tmp_path):
         write_store(tmp_path / "q.jzt", SMALL, DIM, "enc", _produce, progress=False)
 
 
+def _pixels_of(rows):
+    """Views that encode the row number, so thumbnails of misplaced rows show."""
+    return np.broadcast_to((np.asarray(rows) % 251).astype(np.uint8)[:, None, None, None], (len(rows), 16, 16, 3)).copy()
+
+
+def test_rendering_runs_ahead_on_one_side_thread_and_the_bytes_do_not_change(tmp_path):
+    """With a render stage, batch i+1 is rendered while batch i is produced (encoded): produce waits for
+    the next render to start and would time out without the overlap. Same bytes as one stage."""
+    import threading
+
+    started = {}  # first row of a batch -> Event set when its render starts
+    render_threads, rendered = set(), []
+
+    def render(rows):
+        render_threads.add(threading.get_ident())
+        rendered.append(int(rows[0]))
+        started.setdefault(int(rows[0]), threading.Event()).set()
+        return rows, _pixels_of(rows)
+
+    def produce(rendered):
+        rows, views = rendered
+        nxt = int(rows[-1]) + 1
+        if nxt < SMALL.total_views:
+            assert started.setdefault(nxt, threading.Event()).wait(timeout=60), "the next batch was not rendered ahead"
+        return _values(rows), views
+
+    out = write_store(tmp_path / "p.jzt", SMALL, DIM, "enc", produce, render=render, batch=30, chunk_rows=64,
+                      thumb_px=4, progress=False)
+    assert len(render_threads) == 1 and threading.get_ident() not in render_threads
+    assert rendered == [a for c in range(0, 273, 64) for a in range(c, min(c + 64, 273), 30)]  # each once, in order
+    one_stage = write_store(tmp_path / "o.jzt", SMALL, DIM, "enc", lambda r: (_values(r), _pixels_of(r)), batch=30,
+                            chunk_rows=64, thumb_px=4, progress=False)
+    for name in ("embeddings.f16", "pixels.u8"):
+        assert (out / name).read_bytes() == (one_stage / name).read_bytes()
+
+
+@pytest.mark.parametrize("error", [RuntimeError("the imagery server went away"), KeyboardInterrupt()])
+def test_an_error_while_rendering_reaches_the_caller_and_the_chunks_before_it_are_kept(tmp_path, error):
+    calls = []
+
+    def render(rows):
+        calls.append(int(rows[0]))
+        if len(calls) == 4:
+            raise error
+        return rows
+
+    with pytest.raises(type(error)) as raised:
+        write_store(tmp_path / "e.jzt", SMALL, DIM, "enc", _produce, render=render, batch=40, chunk_rows=40,
+                    progress=False)
+    assert raised.value is error
+    assert sorted(p.name for p in (tmp_path / "e.jzt.partial" / "done").iterdir()) == ["00000000", "00000001",
+                                                                                       "00000002"]
+    assert calls[:4] == [0, 40, 80, 120] and len(calls) <= 5  # at most the render running when it failed
+    out = write_store(tmp_path / "e.jzt", SMALL, DIM, "enc", _produce, render=lambda rows: rows, batch=40,
+                      chunk_rows=40, progress=False)
+    np.testing.assert_allclose(TileStore(out).embeddings, _values(np.arange(273)), rtol=1e-3)
+
+
+def test_a_failed_write_on_the_side_thread_stops_the_build(tmp_path):
+    produced = []
+
+    def produce(rows):  # chunk 1 comes back with the wrong width, which the writer refuses
+        produced.append(int(rows[0]))
+        return (_values(rows)[:, :DIM - 1] if 40 <= rows[0] < 80 else _values(rows)), None
+
+    with pytest.raises(TileStoreError, match="chunk 1: the encoder returned"):
+        write_store(tmp_path / "w.jzt", SMALL, DIM, "enc", produce, render=lambda rows: rows, batch=40, chunk_rows=40,
+                    progress=False)
+    assert (tmp_path / "w.jzt.partial" / "done" / "00000000").exists()
+    assert not (tmp_path / "w.jzt.partial" / "done" / "00000001").exists()
+    assert max(produced) < 240  # it stopped within a few batches, not at the end
+
+
 def _corrupt(tmp_path, edit):
     """A copy of a good store with ``edit(store_dir, index_dict)`` applied (the index is rewritten)."""
     src = write_store(tmp_path / "ok.jzt", SMALL, DIM, "enc", _produce, progress=False)

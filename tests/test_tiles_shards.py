@@ -27,13 +27,14 @@ def _layout(bundle, geotiff):  # noqa: F811
     return replace(layout, region=replace(layout.region, steps=3))
 
 
-def _build_local(out, bundle, geotiff, shard=(0, 1)):  # noqa: F811
-    """The one-worker builder (what jzi-tiles build runs) on the small region."""
+def _build_local(out, bundle, geotiff, shard=(0, 1), layout=None):  # noqa: F811
+    """One worker rendering then encoding each batch on one thread (jzi-tiles build overlaps the two: see
+    test_the_pipelined_build_writes_what_render_then_encode_writes), on the small region by default."""
     from jzi.runtime.backends import open_backend
     from jzi.runtime.bundle import load_manifest
     from jzi.runtime.imagery import open_source
 
-    layout = _layout(bundle, geotiff)
+    layout = layout or _layout(bundle, geotiff)
     engine = open_backend(bundle, load_manifest(bundle), "ort-cpu", threads=1, graphs=("view_encoder",))
     src = open_source(geotiff)
 
@@ -118,6 +119,24 @@ def test_merge_refuses_missing_chunks_and_index_has_block_checksums(tmp_path, re
     assert T.block_digests(raw, emb["block_rows"]) == emb["block_sha256"]
     with pytest.raises(T.TileStoreError, match="no build in progress"):
         T.finalize_store(tmp_path / "nothing.jzt")
+
+
+def test_the_pipelined_build_writes_what_render_then_encode_writes(tmp_path, bundle, geotiff):  # noqa: F811
+    """build_store (what jzi-tiles build runs: views rendered on a side thread ahead of the encoder, chunks
+    written there too) against rendering then encoding on one thread: the same bytes, on every 16th chunk
+    of the tiny model's full region (real views, real encoder)."""
+    _, layout = T.plan_build(bundle, chunk_rows=CHUNK, thumb_px=8, source=geotiff)
+    shard = (3, 16)
+    assert T.build_store(tmp_path / "piped.jzt", bundle, geotiff, backend="ort-cpu", threads=1, batch=16,
+                         chunk_rows=CHUNK, thumb_px=8, shard=shard, progress=False) is None
+    assert _build_local(tmp_path / "one.jzt", bundle, geotiff, shard=shard, layout=layout) is None
+    piped, one = tmp_path / "piped.jzt.partial", tmp_path / "one.jzt.partial"
+    mine = [f"{c:08d}" for c in shard_chunks(layout.n_chunks, shard)]
+    assert len(mine) == 5 and sorted(os.listdir(piped / "done")) == sorted(os.listdir(one / "done")) == mine
+    assert _arrays(piped) == _arrays(one)
+    emb = np.fromfile(piped / "embeddings.f16", dtype="<f2").reshape(layout.region.total_views, -1)
+    start, stop = layout.chunk_range(3)
+    assert np.isfinite(emb[start:stop]).all() and np.abs(emb[start:stop]).sum(axis=1).min() > 0  # really written
 
 
 @pytest.mark.slow
