@@ -7,7 +7,7 @@
     jzi-bench scale      latency and peak memory against region size (4/5/6 steps at 39 m cells) next to flat
                          (exhaustive) and approximate (FAISS HNSW, IVF-PQ) retrieval
     jzi-bench retrieval  the retrieval side of the scale suite alone: build time, memory, latency, recall@1
-    jzi-bench throughput tile-store build rate and batched queries per second
+    jzi-bench throughput tile builds against the bare view encoder (needs --source), jzi-run photos/s by --batch
     jzi-bench accuracy   synthetic test split: PyTorch vs runtime (fp32/int8, fp16 store, beam 4) vs InfoNCE retrieval
     jzi-bench agreement  a trained model's decisive decisions under reduced precision (int8 decoder, int8 encoders)
     jzi-bench gpu        on a CUDA machine: TensorRT engines, gpu-marked tests, ORT-CUDA / ORT-TRT / TensorRT
@@ -150,6 +150,16 @@ def parse_args(argv=None):
     p.add_argument("--queries", type=int, default=20, help="queries per configuration (default 20)")
     p.add_argument("--repeats", type=int, default=20, help="repeats for micro-benchmarks (default 20)")
     p.add_argument("--build-batch", type=int, default=16, help="views per batch for the build-rate figure")
+    p.add_argument("--build-views", type=int, metavar="N",
+                   help="throughput suite: build about N views (every K-th chunk) instead of the whole region")
+    p.add_argument("--run-batch", type=int, nargs="+", default=[8], metavar="B",
+                   help="throughput suite: jzi-run --batch sizes measured against --batch 1 (default 8)")
+    p.add_argument("--throughput", action="append", choices=("build", "run"),
+                   help="throughput suite: only the tile-build or the jzi-run half (repeatable; default both)")
+    p.add_argument("--precision", dest="precisions", action="append", choices=("fp32", "int8"),
+                   help="throughput suite: bundle precision(s) (repeatable; default fp32 and int8)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="throughput suite: side-by-side rounds, each a whole build or folder (default 3)")
     p.add_argument("--ann-steps", type=int, nargs="+", metavar="S",
                    help="retrieval suite: region sizes as zoom steps (default 4 5 6 = 10/40/160 km)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="compute threads (default: all cores)")
@@ -160,6 +170,8 @@ def parse_args(argv=None):
     p.add_argument("--worker", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.presets = args.presets or ["tiny"]
+    args.throughput = args.throughput or ["build", "run"]
+    args.precisions = args.precisions or ["fp32", "int8"]
     unknown = [s for s in args.suites if s not in SUITES]
     if unknown:
         p.error(f"unknown suite {unknown[0]!r}; choose from {', '.join(SUITES)}")

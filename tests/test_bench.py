@@ -4,7 +4,9 @@ import json
 import subprocess
 import sys
 
+import pytest
 from helpers import run_main
+from runtime_fixtures import geotiff, rt_base  # noqa: F401
 
 
 def test_kvcache_suite_writes_json(tmp_path):
@@ -30,3 +32,30 @@ def test_flat_worker_reports_memory_and_search_time(tmp_path):
 def test_unknown_suite_is_one_clear_error():
     res = run_main("jzi.export.bench", "nosuch")
     assert res.returncode != 0 and "unknown suite 'nosuch'" in res.stderr
+
+
+@pytest.mark.slow
+def test_throughput_suite_times_builds_against_the_encoder_and_jzi_run_batches(tmp_path, geotiff):  # noqa: F811
+    out, wd = tmp_path / "r.json", tmp_path / "w"
+    res = run_main("jzi.export.bench", "throughput", "--preset", "tiny", "--precision", "fp32", "--source", geotiff,
+                   "--build-views", "64", "--build-batch", "16", "--rounds", "1", "--queries", "3", "--run-batch", "2",
+                   "--threads", "1", "--workdir", wd, "--json", out)
+    assert res.returncode == 0, res.stderr
+    build, run = json.loads(out.read_text())["throughput"]
+    # chunks of 16 rows, every 68th of the 274: 0, 68, 136, 204, 272 -> 80 views
+    assert (build["views"], build["chunk_rows"], build["shard"]) == (80, 16, "0/68")
+    for name in ("view encoder", "jzi-tiles build", "render then encode"):
+        assert build[f"{name} views_per_s"] > 0
+    assert build["jzi-tiles build / encoder"]["pairs"] == 1 and build["jzi-tiles build / encoder"]["median"] > 0
+    # both builders wrote the same bytes into their (unmerged: one shard of 68) builds
+    piped, sequential = (wd / f"throughput-random-tiny-s4-fp32{s}.jzt.partial" for s in ("", "-sequential"))
+    for name in ("embeddings.f16",):
+        assert (piped / name).read_bytes() == (sequential / name).read_bytes()
+    assert sorted(p.name for p in (piped / "done").iterdir()) == [f"{c:08d}" for c in (0, 68, 136, 204, 272)]
+    assert run["photos"] == 3 and run["--batch 2 photos_per_s"] > 0 and run["--batch 2 / --batch 1"]["median"] > 0
+
+
+def test_throughput_suite_asks_for_imagery_for_its_build_half(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "jzi.export.bench", "throughput", "--throughput", "build",
+                          "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and "needs --source IMAGERY" in res.stderr and not list(tmp_path.iterdir())
