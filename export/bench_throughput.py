@@ -3,19 +3,18 @@
 Both side by side through :mod:`jzi.export.bench_harness` (each contender loaded once in its own
 process, rounds alternating, the figure the median of per-round ratios):
 
-- **tile builds** (needs ``--source``): ``jzi-tiles build``'s own function (``build_store``: views
-  rendered and chunks written on a side thread while the encoder runs) and the one-thread loop it
-  replaced (render a batch, then encode it), against the bare view encoder on the same views
-  rendered beforehand. Same batches (``--build-batch``), threads and chunks: the bundle's whole
-  region, or with ``--build-views N`` every K-th chunk of it (about N views, the chunks of
-  ``jzi-tiles build --shard 0/K``). Each contender opens the encoder once, as a build does, so a run
-  times rendering, encoding and writing; the ratio is build views/s over encoder views/s.
+- **tile builds** (needs ``--source``): ``jzi-tiles build``'s stages and loop (views rendered and
+  chunks written on a side thread while the encoder runs) and the same loop rendering each batch
+  before encoding it on one thread, against the bare view encoder on the same views rendered
+  beforehand. Same batches (``--build-batch``), threads and chunks: the bundle's whole region, or
+  with ``--build-views N`` every K-th chunk of it (about N views, the chunks of ``jzi-tiles build
+  --shard 0/K``). Start-up (bundle check, opening imagery and encoder) and the merge are outside the
+  timed runs for all three; the ratio is build views/s over encoder views/s.
 - **photos/s of jzi-run** over a folder of 480x960 JPEGs (decode, encode, zoom: ``localize_chunk``,
   the loop ``jzi-run --out`` runs) with ``--batch 1`` against ``--batch B`` (``--run-batch``).
 """
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -60,41 +59,33 @@ def serve_view_encoder(params: dict):
 
 
 def serve_tile_build(params: dict):
-    """A fresh build of the chunks per run: ``build_store`` (what ``jzi-tiles build`` runs), or with
-    ``params["sequential"]`` the one-thread loop (render, then encode each batch). The encoder is opened
-    once per process, as one long build opens it once."""
-    import jzi.runtime.backends as backends
+    """A fresh build of the chunks per run, with the stages and loop ``jzi-tiles build`` runs (``view_stages``,
+    ``build_chunks``: rendering on the side thread, ahead of the encoder), or with ``params["sequential"]``
+    each batch rendered then encoded on this thread. Start-up (bundle check, opening the imagery and the
+    encoder) is done once per process, not timed, as for the bare encoder; so is the merge."""
+    from jzi.runtime.backends import open_backend
     from jzi.runtime.bundle import load_manifest
     from jzi.runtime.imagery import open_source
-    from jzi.runtime.tiles import build_store, render_views, write_store
+    from jzi.runtime.tiles import build_chunks, prepare_build, view_stages
 
-    bundle, source, batch = params["bundle"], params["source"], params["batch"]
-    layout, shard, chunks = _build_chunks(bundle, source, batch, params["views"])
-    engine = backends.open_backend(bundle, load_manifest(bundle), "ort-cpu", params["threads"],
-                                   graphs=("view_encoder",))
-    backends.open_backend = lambda *a, **k: engine  # build_store's own call gets the opened one
+    layout, shard, chunks = _build_chunks(params["bundle"], params["source"], params["batch"], params["views"])
+    engine = open_backend(params["bundle"], load_manifest(params["bundle"]), "ort-cpu", params["threads"],
+                          graphs=("view_encoder",))
+    render_stage, encode_stage = view_stages(open_source(params["source"]), layout.region, engine)
+    if params["sequential"]:
+        render, produce = None, (lambda rows: encode_stage(render_stage(rows)))
+    else:
+        render, produce = render_stage, encode_stage
     out = Path(params["out"])
+    partial = prepare_build(out, layout, force=True)
     n_views = sum(b - a for a, b in map(layout.chunk_range, chunks))
 
-    def sequential() -> None:
-        src = open_source(source)
-
-        def produce(rows):
-            views = render_views(src, layout.region, rows)
-            return engine.encode_views(views), views
-
-        write_store(out, layout.region, layout.dim, layout.encoder_id, produce, batch=batch,
-                    chunk_rows=layout.chunk_rows, meta=layout.meta, force=True, progress=False, shard=shard)
-
     def run() -> dict:
-        for old in (out, out.with_name(out.name + ".partial")):
-            shutil.rmtree(old, ignore_errors=True)
+        for marker in (partial / "done").iterdir():
+            marker.unlink()  # every chunk is built afresh in every run
         t0 = time.perf_counter()
-        if params["sequential"]:
-            sequential()
-        else:
-            build_store(out, bundle, source, backend="ort-cpu", threads=params["threads"], batch=batch,
-                        chunk_rows=layout.chunk_rows, shard=shard, force=True, progress=False)
+        build_chunks(partial, layout, produce, render=render, batch=params["batch"], shard=shard, progress=False,
+                     label=out.name)
         return {"ms": (time.perf_counter() - t0) * 1e3, "views": n_views}
 
     return run

@@ -701,6 +701,19 @@ def render_views(src, region: Region, rows: np.ndarray) -> np.ndarray:
     return src.render_many(centres, sizes, region.view_px)
 
 
+def view_stages(src, region: Region, engine) -> tuple[Render, Produce]:
+    """A build's two stages from imagery: ``render`` (rows -> views; build_chunks runs it on its side thread,
+    ahead) and ``produce`` (views -> their embeddings from ``engine``'s view encoder, and the views)."""
+
+    def render(rows: np.ndarray) -> np.ndarray:
+        return render_views(src, region, rows)
+
+    def produce(views: np.ndarray):
+        return engine.encode_views(views), views
+
+    return render, produce
+
+
 def build_store(out, bundle_dir, source, *, backend: str = "auto", threads: int | None = None,
                 dtype: str = "float16", batch: int = 32, chunk_rows: int = CHUNK_ROWS, thumb_px: int = 0,
                 region: Region | None = None, force: bool = False, progress: bool = True,
@@ -725,12 +738,7 @@ def build_store(out, bundle_dir, source, *, backend: str = "auto", threads: int 
     if note:
         (warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr)))(note)
 
-    def render(rows: np.ndarray) -> np.ndarray:  # on build_chunks' side thread, ahead of the encoder
-        return render_views(src, layout.region, rows)
-
-    def produce(views: np.ndarray):
-        return engine.encode_views(views), views
-
+    render, produce = view_stages(src, layout.region, engine)
     settings = dict(batch=batch, shard=shard, progress=progress, label=Path(out).name, render=render)
     if shard[1] > 1:  # other shards share the partial build: never remove it from here
         partial = prepare_build(out, layout, force)
