@@ -66,10 +66,8 @@ def serve_tile_build(params: dict):
     from jzi.runtime.backends import open_backend
     from jzi.runtime.bundle import load_manifest
     from jzi.runtime.imagery import open_source
-    from jzi.runtime import tiles
     from jzi.runtime.tiles import build_chunks, prepare_build, view_stages
 
-    tiles.SIDE_THREAD_NICE = params.get("side_thread_nice", tiles.SIDE_THREAD_NICE)
     layout, shard, chunks = _build_chunks(params["bundle"], params["source"], params["batch"], params["views"])
     engine = open_backend(params["bundle"], load_manifest(params["bundle"]), "ort-cpu", params["threads"],
                           graphs=("view_encoder",))
@@ -123,9 +121,6 @@ def build_rows(args, wd: Workdir, preset: str, precision: str, bundle: Path) -> 
     contenders = {"view encoder": ("jzi.export.bench_throughput:serve_view_encoder", common),
                   "jzi-tiles build": ("jzi.export.bench_throughput:serve_tile_build",
                                       {**common, "out": f"{out}.jzt", "sequential": False}),
-                  "side thread not niced": ("jzi.export.bench_throughput:serve_tile_build",
-                                            {**common, "out": f"{out}-equal.jzt", "sequential": False,
-                                             "side_thread_nice": 0}),
                   "render then encode": ("jzi.export.bench_throughput:serve_tile_build",
                                          {**common, "out": f"{out}-sequential.jzt", "sequential": True})}
     wd.log(f"throughput: {preset} {precision} tile build, {len(chunks)} chunks of {layout.chunk_rows} rows")
@@ -140,7 +135,6 @@ def build_rows(args, wd: Workdir, preset: str, precision: str, bundle: Path) -> 
             # speedups = encoder time / build time on the same views = build views/s over encoder views/s
             "jzi-tiles build / encoder": res["speedups"]["jzi-tiles build"],
             "render then encode / encoder": res["speedups"]["render then encode"],
-            "side thread not niced / encoder": res["speedups"]["side thread not niced"],
             "store_build_min_estimate": layout.region.total_views / _per_s(c["jzi-tiles build"], "views") / 60}
 
 

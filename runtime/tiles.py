@@ -337,7 +337,6 @@ Produce = Callable[[np.ndarray], "tuple[np.ndarray, np.ndarray | None]"]
 Render = Callable[[np.ndarray], np.ndarray]
 CHUNK_ROWS = 1024
 RENDER_AHEAD = 2  # batches the side thread renders ahead of the encoder (a few MB each at 384 px)
-SIDE_THREAD_NICE = 10  # how much the side thread yields to the encoder's threads (Linux; 0: not at all)
 
 
 @dataclass(frozen=True)
@@ -600,7 +599,7 @@ def build_chunks(partial: Path, layout: StoreLayout, produce: Produce, *, batch:
             ahead.append((chunk, last, side.submit(first_stage, rows)))
 
     writer = ChunkWriter(partial, layout)
-    side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jzi-tiles", initializer=_yield_to_the_encoder)
+    side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jzi-tiles")
     writes = deque()  # the side thread runs jobs in order, so writes finish in order
     try:
         for _ in range(RENDER_AHEAD):
@@ -630,19 +629,6 @@ def build_chunks(partial: Path, layout: StoreLayout, produce: Produce, *, batch:
         writer.close()
     for w in writes:
         w.result()
-
-
-def _yield_to_the_encoder() -> None:
-    """Lower the side thread's own priority (Linux: nice is per thread). The encoder's thread pool fills
-    the cores; a render thread at equal priority preempts one of its workers and the whole parallel
-    step waits for it, whereas a lower one runs in the pool's gaps, and at full speed whenever the
-    encoder waits for it."""
-    if SIDE_THREAD_NICE and sys.platform.startswith("linux"):
-        tid = threading.get_native_id()
-        try:
-            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + SIDE_THREAD_NICE))
-        except OSError:  # not permitted here: the build still runs, only less overlapped
-            pass
 
 
 def chunk_batches(layout: StoreLayout, chunks: list[int], batch: int):
