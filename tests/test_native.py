@@ -403,9 +403,6 @@ def _outcome(read, data):
         return "ImageError", str(e)
 
 
-@pytest.mark.xfail(reason="1 of 8 923 inputs differs: a BigTIFF LONG8 width above 2**63 is saturated by the C++ "
-                          "reader (int64) where Python keeps the exact integer; both refuse it as over the cap (issue 10 open)",
-                   strict=False)
 def test_image_headers_are_read_alike():
     """Every format's header, cut at every length up to 160 bytes and with 300 random byte changes each: the
     same size or the same one-line refusal from both runtimes (what the pixel cap is checked against)."""
@@ -455,24 +452,54 @@ def test_jzi_run_backend_native_prints_the_same(bundle, store16, photos):  # noq
     assert nat.stdout == py.stdout and len(nat.stdout.splitlines()) == 4
 
 
-@pytest.mark.xfail(reason="the redrawn picture of jzi-run-native differs from jzi-run's by 5.4 grey levels on "
-                          "average (same size); not yet found whether it is OpenCV 4.6 vs 5.0 or a drawing difference "
-                          "(issue 10 open)", strict=False)
+def _drawn(program, tmp_path, name, bundle, tiles, photo, truth):  # noqa: F811
+    csv, out = tmp_path / f"{name}.csv", tmp_path / f"{name}.png"
+    csv.write_text(f"path,latitude,longitude\n{photo},{truth[0]!r},{truth[1]!r}\n")
+    r = _cli(program, "--engine", bundle, "--tiles", tiles, "--threads", 1, "--viz", out, csv)
+    assert r.returncode == 0 and f"zoom path drawn to {out}" in r.stdout, r.stderr
+    return cv2.imread(str(out)).astype(np.int16)
+
+
 def test_cli_draws_the_same_zoom_path(tmp_path, bundle, store32, photos):  # noqa: F811
+    """The same picture but for the shapes of its words. jzi-run draws with the wheel's OpenCV 5, whose new
+    text engine renders the Hershey font names in another font with other widths; Debian's OpenCV 4.6 draws
+    Hershey strokes (benchmarks/RESULTS.md, issue 10: every other primitive the picture uses is
+    pixel-identical across the two, and Python's drawing code run with OpenCV 4.6 gives this picture
+    exactly). So the panels are compared pixel for pixel wherever no words are drawn, and the words only
+    for being there."""
+    from jzi.runtime.geometry import Region
+    from jzi.runtime.viz import PANEL, truth_offset
+
     good = TileStore(store32)
     rng = np.random.default_rng(5)
     thumbs = write_store(tmp_path / "thumbs.jzt", good.region, good.dim, good.encoder_id,
                          lambda r: (np.asarray(good.embeddings[r], np.float32), rng.integers(0, 255, (len(r), 64, 64, 3), np.uint8)),
                          dtype="float32", thumb_px=16, batch=4096, progress=False)
-    csv = tmp_path / "one.csv"
-    csv.write_text(f"path,latitude,longitude\n{photos[3]},38.9,-76.99\n")
-    pictures = []
-    for program, name in ((PYTHON_CLI, "py"), (NATIVE_CLI, "native")):
-        out = tmp_path / f"{name}.png"
-        r = _cli(program, "--engine", bundle, "--tiles", thumbs, "--threads", 1, "--viz", out, csv)
-        assert r.returncode == 0 and f"zoom path drawn to {out}" in r.stdout, r.stderr
-        pictures.append(cv2.imread(str(out)).astype(np.int16))
-    assert pictures[0].shape == pictures[1].shape
-    assert np.abs(pictures[0] - pictures[1]).mean() < 1.0  # the same picture (text antialiasing may differ)
+    panels = slice(28, 28 + PANEL)  # titles above, caption and legend below
+    answer = Localizer(bundle, thumbs, threads=1).localize(photos[3])
+    region: Region = good.region
+    h, w = cv2.imread(str(photos[3])).shape[:2]
+    first_view_x = 8 + min(2 * PANEL, max(1, round(w * PANEL / h))) + 8
+    for name, truth in (("inside", (answer.latitude, answer.longitude)), ("outside", (38.9, -76.99))):
+        py, nat = (_drawn(program, tmp_path, f"{name}-{kind}", bundle, thumbs, photos[3], truth)
+                   for program, kind in ((PYTHON_CLI, "py"), (NATIVE_CLI, "native")))
+        assert py.shape == nat.shape
+        same = np.ones(py.shape[:2], bool)
+        same[:panels.start] = same[panels.stop:] = False
+        centres = region.view_centers(answer.path)
+        for lvl in range(region.steps):  # a truth outside a view: an arrow at its edge, the distance in words by it
+            x, y = truth_offset(region, centres[lvl], lvl, truth, PANEL)
+            if not (0 <= x <= PANEL and 0 <= y <= PANEL):
+                c = PANEL / 2
+                k = (c - 6) / max(abs(x - c), abs(y - c)) * 0.72  # the arrow's tail, where its label goes
+                tx, ty = first_view_x + lvl * (PANEL + 8) + c + (x - c) * k, panels.start + c + (y - c) * k
+                same[max(0, int(ty) - 40):int(ty) + 40, max(0, int(tx) - 80):int(tx) + 80] = False
+        if name == "inside":
+            assert same[panels].all()  # the truth on every view: no words on the panels
+        else:
+            assert not same[panels].all()
+        assert np.array_equal(py[same], nat[same]), (name, np.argwhere(py[..., 0] != nat[..., 0])[:5])
+        for pic in (py, nat):  # the titles, the caption and the legend are written
+            assert (pic[:panels.start] < 100).sum() > 200 and (pic[panels.stop:] < 100).sum() > 1000
     r = _cli(NATIVE_CLI, "--engine", bundle, "--tiles", store32, "--viz", tmp_path / "x.png", photos[0])
     assert r.returncode == 1 and "--viz needs view pixels" in r.stderr

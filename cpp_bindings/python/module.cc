@@ -228,7 +228,10 @@ PYBIND11_MODULE(_native, m) {
     }, py::arg("data"), py::arg("max_pixels") = kMaxPixels);
     m.def("header_size", [](const py::bytes& data) {
         const std::string s = data;
-        return header_size(reinterpret_cast<const uint8_t*>(s.data()), s.size());
+        const auto size = header_size(reinterpret_cast<const uint8_t*>(s.data()), s.size());
+        if (!size) return py::object(py::none());
+        const py::object to_int = py::module_::import("builtins").attr("int");  // sizes of any length, exactly
+        return py::object(py::make_tuple(to_int(size->first.str()), to_int(size->second.str())));
     }, py::arg("data"));
     m.def("read_image", [](const fs::path& path, int64_t max_pixels) { return mat_to_array(read_image(path, max_pixels)); },
           py::arg("path"), py::arg("max_pixels") = kMaxPixels);

@@ -1,14 +1,18 @@
 // Bundle reading and validation, the same checks and messages as runtime/bundle.py.
 #include "jzi/bundle.h"
 
+#include <fcntl.h>
 #include <openssl/evp.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "jzi/schema.h"
 
+#include <algorithm>
 #include <cmath>
-#include <fstream>
+#include <future>
 #include <memory>
-#include <sstream>
 
 namespace jzi {
 
@@ -146,15 +150,27 @@ std::string sha256_bytes(const void* data, size_t size) {
 }
 
 std::string sha256_file(const fs::path& path) {
-    std::ifstream f(path, std::ios::binary);
-    if (!f) throw Error(ErrorKind::Io, path.string() + ": cannot read");
-    Digest ctx = new_digest();
-    std::vector<char> buf(1 << 20);
-    while (f) {
-        f.read(buf.data(), static_cast<std::streamsize>(buf.size()));
-        if (f.gcount() > 0) EVP_DigestUpdate(ctx.get(), buf.data(), static_cast<size_t>(f.gcount()));
+    // Hashed straight from the page cache through a memory map, a window at a time: no copy into a buffer
+    // (a fifth of the time next to SHA-NI's speed) and no more than a window resident at once.
+    constexpr size_t kWindow = size_t(64) << 20;
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    struct stat st {};
+    if (fd < 0 || ::fstat(fd, &st) != 0) {
+        if (fd >= 0) ::close(fd);
+        throw Error(ErrorKind::Io, path.string() + ": cannot read");
     }
-    if (f.bad()) throw Error(ErrorKind::Io, path.string() + ": read error");
+    Digest ctx = new_digest();
+    for (size_t at = 0, size = static_cast<size_t>(st.st_size); at < size; at += kWindow) {
+        const size_t len = std::min(kWindow, size - at);
+        void* p = ::mmap(nullptr, len, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, static_cast<off_t>(at));
+        if (p == MAP_FAILED) {
+            ::close(fd);
+            throw Error(ErrorKind::Io, path.string() + ": read error");
+        }
+        EVP_DigestUpdate(ctx.get(), p, len);
+        ::munmap(p, len);
+    }
+    ::close(fd);
     return finish(ctx);
 }
 
@@ -214,18 +230,36 @@ Manifest load_manifest(const fs::path& bundle_dir, bool verify) {
     const Json& files = doc["files"];
     for (const char* role : kGraphs)
         if (!files.contains(role)) throw BundleError(path.string() + ": no '" + role + "' graph listed");
+    // Every entry's path is checked in order up to the first that is refused; the files before it are
+    // hashed concurrently (the bulk of start-up for a large bundle), then each entry is judged in order,
+    // so the first problem reported is the one Python's reader reports.
+    struct Entry {
+        std::string role, rel, sha;
+        fs::path target;
+        std::string problem;
+        std::future<std::string> digest;
+    };
+    std::vector<Entry> entries;
     const fs::path real_root = fs::canonical(root);
     for (auto it = files.begin(); it != files.end(); ++it) {
-        const std::string rel = it.value()["path"].get<std::string>();
-        const bool plain = rel.find('\0') == std::string::npos;
-        const fs::path target = plain ? fs::weakly_canonical(root / rel) : fs::path();
-        if (!plain || !inside(real_root, target))
-            throw BundleError(path.string() + ": file entry '" + it.key() + "' points outside the bundle");
-        if (!fs::is_regular_file(target)) throw BundleError(root.string() + ": " + rel + " is missing");
-        const std::string sha = it.value()["sha256"].get<std::string>();
-        if (verify && sha256_file(target) != sha)
-            throw BundleError(root.string() + ": " + rel + " does not match its sha256 in the manifest (corrupt or edited)");
-        m.files[it.key()] = FileEntry{target, sha};
+        Entry& e = entries.emplace_back();
+        e.role = it.key();
+        e.rel = it.value()["path"].get<std::string>();
+        e.sha = it.value()["sha256"].get<std::string>();
+        const bool plain = e.rel.find('\0') == std::string::npos;
+        e.target = plain ? fs::weakly_canonical(root / e.rel) : fs::path();
+        if (!plain || !inside(real_root, e.target))
+            e.problem = path.string() + ": file entry '" + e.role + "' points outside the bundle";
+        else if (!fs::is_regular_file(e.target))
+            e.problem = root.string() + ": " + e.rel + " is missing";
+        if (!e.problem.empty()) break;
+        if (verify) e.digest = std::async(std::launch::async, sha256_file, e.target);
+    }
+    for (Entry& e : entries) {
+        if (!e.problem.empty()) throw BundleError(e.problem);
+        if (verify && e.digest.get() != e.sha)
+            throw BundleError(root.string() + ": " + e.rel + " does not match its sha256 in the manifest (corrupt or edited)");
+        m.files[e.role] = FileEntry{e.target, e.sha};
     }
     return m;
 }

@@ -20,6 +20,7 @@
 #include <opencv2/core/utils/logger.hpp>
 #include <opencv2/imgproc.hpp>
 
+#include "jzi/codecs.h"
 #include "jzi/error.h"
 
 namespace jzi {
@@ -68,7 +69,7 @@ private:
     size_t n_;
 };
 
-using Size = std::pair<int64_t, int64_t>;
+using Size = HeaderSize;
 
 bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }  // bytes.isspace
 
@@ -91,24 +92,11 @@ std::vector<std::string> split_ws(const std::string& s, int maxsplit = -1) {
     return out;
 }
 
-// Python's int(bytes): whitespace around, an optional sign, digits with single underscores between them.
-int64_t py_int(const std::string& text) {
-    size_t b = 0, e = text.size();
-    while (b < e && is_space(text[b])) ++b;
-    while (e > b && is_space(text[e - 1])) --e;
-    bool neg = false;
-    if (b < e && (text[b] == '+' || text[b] == '-')) neg = text[b++] == '-';
-    if (b == e || text[b] == '_' || text[e - 1] == '_') throw Truncated{};
-    int64_t v = 0;
-    for (size_t i = b; i < e; ++i) {
-        if (text[i] == '_') {
-            if (text[i + 1] == '_') throw Truncated{};
-            continue;
-        }
-        if (text[i] < '0' || text[i] > '9') throw Truncated{};
-        v = v > (INT64_MAX - 9) / 10 ? INT64_MAX : v * 10 + (text[i] - '0');  // beyond any cap either way
-    }
-    return neg ? -v : v;
+// Python's int(bytes), whose ValueError is a Truncated header.
+HeaderInt py_int(const std::string& text) {
+    const auto v = HeaderInt::parse(text);
+    if (!v) throw Truncated{};
+    return *v;
 }
 
 // The image format named by the first bytes of a file (runtime/images.py sniff_format), or "".
@@ -178,7 +166,7 @@ Size tiff_size(const Bytes& b) {
         const uint64_t ifd = b.uint(4, 4, be);
         count = b.uint(ifd, 2, be), first = ifd + 2, size = 12;
     }
-    int64_t found[2] = {-1, -1};
+    std::optional<HeaderInt> found[2];
     for (uint64_t n = 0; n < std::min<uint64_t>(count, 4096); ++n) {
         const uint64_t at = first + size * n;
         const uint64_t tag = b.uint(at, 2, be), typ = b.uint(at + 2, 2, be);
@@ -186,11 +174,11 @@ Size tiff_size(const Bytes& b) {
             const size_t len = typ == 3 ? 2 : typ == 4 ? 4 : typ == 16 ? 8 : 0;
             if (!len) throw ImageError("TIFF with an unusual width/height type");
             const uint64_t v = b.uint(at + (big ? 12 : 8), len, be);
-            found[tag - 256] = v > uint64_t(INT64_MAX) ? INT64_MAX : int64_t(v);
+            found[tag - 256] = HeaderInt::from_unsigned(v);
         }
     }
-    if (found[0] < 0 || found[1] < 0) throw ImageError("TIFF without width/height tags");
-    return {found[0], found[1]};
+    if (!found[0] || !found[1]) throw ImageError("TIFF without width/height tags");
+    return {*found[0], *found[1]};
 }
 
 Size bmp_size(const Bytes& b) {
@@ -243,7 +231,7 @@ Size j2k_size(const Bytes& b) {
 }
 
 // ISO BMFF: the largest 'ispe' (image spatial extents) in meta/iprp/ipco.
-void avif_walk(const Bytes& b, size_t start, size_t end, int depth, std::vector<Size>& sizes) {
+void avif_walk(const Bytes& b, size_t start, size_t end, int depth, std::vector<std::pair<int64_t, int64_t>>& sizes) {
     if (depth > kAvifMaxDepth) throw ImageError("AVIF with boxes nested too deep");
     size_t i = start;
     while (i + 8 <= end) {
@@ -259,17 +247,17 @@ void avif_walk(const Bytes& b, size_t start, size_t end, int depth, std::vector<
 }
 
 Size avif_size(const Bytes& b) {
-    std::vector<Size> sizes;
+    std::vector<std::pair<int64_t, int64_t>> sizes;
     avif_walk(b, 0, b.size(), 0, sizes);
     if (sizes.empty()) throw ImageError("AVIF without image extents");
-    Size out{0, 0};
-    for (const auto& s : sizes) out = {std::max(out.first, s.first), std::max(out.second, s.second)};
-    return out;
+    int64_t w = 0, h = 0;
+    for (const auto& s : sizes) w = std::max(w, s.first), h = std::max(h, s.second);
+    return {w, h};
 }
 
 // The first two integers of a PNM header, skipping whitespace and # comments.
 Size pnm_tokens(const Bytes& b) {
-    int64_t tokens[2];
+    HeaderInt tokens[2];
     size_t i = 2;
     for (int n = 0; n < 2;) {
         while (i < b.size() && is_space(char(b.at(i)))) ++i;
@@ -305,14 +293,14 @@ Size pnm_size(const Bytes& b) {
         if (parts[0] == "HEIGHT") height = parts[1];
     }
     if (!width || !height) throw Truncated{};  // KeyError
-    const int64_t w = py_int(*width);
+    const HeaderInt w = py_int(*width);
     return {w, py_int(*height)};
 }
 
 Size pfm_size(const Bytes& b) {
     const auto parts = split_ws(b.slice(3, 128), 2);
     if (parts.size() < 2) throw Truncated{};
-    const int64_t w = py_int(parts[0]);
+    const HeaderInt w = py_int(parts[0]);
     return {w, py_int(parts[1])};
 }
 
@@ -328,7 +316,7 @@ Size hdr_size(const Bytes& b) {
     auto axis = [](const std::string& p) { return p.size() == 2 ? p.substr(1) : std::string(); };
     if (parts.size() != 4 || (axis(parts[0]) != "X" && axis(parts[0]) != "Y") || (axis(parts[2]) != "X" && axis(parts[2]) != "Y"))
         throw Truncated{};
-    const int64_t a = py_int(parts[1]), c = py_int(parts[3]);
+    const HeaderInt a = py_int(parts[1]), c = py_int(parts[3]);
     return axis(parts[0]) == "Y" ? Size{c, a} : Size{a, c};
 }
 
@@ -338,11 +326,61 @@ std::string upper(std::string s) {
 }
 
 std::string size_text(int64_t w, int64_t h) { return std::to_string(w) + "x" + std::to_string(h); }
+std::string size_text(const Size& wh) { return wh.first.str() + "x" + wh.second.str(); }
 }  // namespace
+
+HeaderInt::HeaderInt(int64_t v) : negative_(v < 0) {
+    digits_ = std::to_string(v);
+    if (negative_) digits_.erase(0, 1);
+}
+
+HeaderInt HeaderInt::from_unsigned(uint64_t v) {
+    HeaderInt out;
+    out.digits_ = std::to_string(v);
+    return out;
+}
+
+std::optional<HeaderInt> HeaderInt::parse(const std::string& text) {
+    constexpr size_t kMaxDigits = 4300;  // sys.get_int_max_str_digits() by default
+    size_t b = 0, e = text.size();
+    while (b < e && is_space(text[b])) ++b;
+    while (e > b && is_space(text[e - 1])) --e;
+    HeaderInt out;
+    if (b < e && (text[b] == '+' || text[b] == '-')) out.negative_ = text[b++] == '-';
+    if (b == e || text[b] == '_' || text[e - 1] == '_') return std::nullopt;
+    std::string digits;
+    for (size_t i = b; i < e; ++i) {
+        if (text[i] == '_') {
+            if (text[i + 1] == '_') return std::nullopt;
+            continue;
+        }
+        if (text[i] < '0' || text[i] > '9') return std::nullopt;
+        digits += text[i];
+    }
+    if (digits.size() > kMaxDigits) return std::nullopt;  // leading zeros count, as in Python
+    const size_t first = std::min(digits.find_first_not_of('0'), digits.size() - 1);
+    out.digits_ = digits.substr(first);
+    if (out.digits_ == "0") out.negative_ = false;
+    return out;
+}
+
+bool HeaderInt::fits_int64() const {
+    static const std::string max = std::to_string(INT64_MAX), min = max.substr(0, max.size() - 1) + "8";  // |INT64_MIN|
+    const std::string& limit = negative_ ? min : max;
+    return digits_.size() < limit.size() || (digits_.size() == limit.size() && digits_ <= limit);
+}
+
+int64_t HeaderInt::value() const {
+    if (!fits_int64()) return negative_ ? INT64_MIN : INT64_MAX;
+    const uint64_t magnitude = std::stoull(digits_);
+    return negative_ ? int64_t(0 - magnitude) : int64_t(magnitude);
+}
+
+std::string HeaderInt::str() const { return (negative_ ? "-" : "") + digits_; }
 
 std::string sniff_format(const uint8_t* data, size_t size) { return sniff(Bytes(data, std::min<size_t>(size, 32))); }
 
-std::optional<std::pair<int64_t, int64_t>> header_size(const uint8_t* data, size_t size) {
+std::optional<HeaderSize> header_size(const uint8_t* data, size_t size) {
     const Bytes b(data, size);
     const std::string fmt = sniff_format(data, size);
     if (fmt.empty()) return std::nullopt;
@@ -356,7 +394,7 @@ std::optional<std::pair<int64_t, int64_t>> header_size(const uint8_t* data, size
     } catch (const Truncated&) {
         throw ImageError("truncated or corrupt " + upper(fmt) + " header");
     }
-    if (wh.first < 1 || wh.second < 1) throw ImageError(upper(fmt) + " header gives an empty size " + size_text(wh.first, wh.second));
+    if (!wh.first.positive() || !wh.second.positive()) throw ImageError(upper(fmt) + " header gives an empty size " + size_text(wh));
     return wh;
 }
 
@@ -435,8 +473,9 @@ cv::Mat decode_image(const uint8_t* data, size_t size, int64_t max_pixels) {
     if (size == 0) throw ImageError("empty file");
     const auto hs = header_size(data, size);
     if (!hs) throw ImageError("not a readable image (unknown format or corrupt data)");  // no size before decoding: refused
-    if (hs->first > max_pixels / hs->second)  // w * h > cap, without overflow
-        throw ImageError(size_text(hs->first, hs->second) + " pixels is over the cap of " + std::to_string(max_pixels) +
+    const bool fit = hs->first.fits_int64() && hs->second.fits_int64();  // both >= 1: one beyond int64 is over any cap
+    if (!fit || hs->first.value() > max_pixels / hs->second.value())  // w * h > cap, without overflow
+        throw ImageError(size_text(*hs) + " pixels is over the cap of " + std::to_string(max_pixels) +
                          " (decompression bomb?)");
     if (size > size_t(INT32_MAX)) throw ImageError("the file is over 2 GB");
     // a decoding failure is one ImageError line; OpenCV's own log would add more (as runtime/images.py)
@@ -446,7 +485,7 @@ cv::Mat decode_image(const uint8_t* data, size_t size, int64_t max_pixels) {
     {
         const QuietCodecs quiet;
         try {  // IMREAD_COLOR applies EXIF orientation (IMREAD_UNCHANGED would not); ANYDEPTH keeps 16 bits
-            img = cv::imdecode(cv::Mat(1, static_cast<int>(size), CV_8U, const_cast<uint8_t*>(data)), cv::IMREAD_COLOR | cv::IMREAD_ANYDEPTH);
+            img = codecs_decode(cv::Mat(1, static_cast<int>(size), CV_8U, const_cast<uint8_t*>(data)), cv::IMREAD_COLOR | cv::IMREAD_ANYDEPTH);
         } catch (const cv::Exception&) {
             img.release();
         }

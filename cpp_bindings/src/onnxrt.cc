@@ -6,6 +6,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <future>
 #include <mutex>
 #include <set>
 
@@ -86,9 +87,8 @@ struct OrtBackend::Impl {
     std::string provider;  // the first provider of the sessions
     const Manifest* manifest = nullptr;
 
-    Ort::Session& session(const std::string& graph) {
-        auto it = sessions.find(graph);
-        if (it != sessions.end()) return *it->second;
+    // A new session for `graph`, its inputs and outputs checked against the manifest (thread-safe).
+    std::unique_ptr<Ort::Session> load(const std::string& graph) const {
         const fs::path& path = manifest->file(graph);
         std::unique_ptr<Ort::Session> s;
         try {
@@ -97,7 +97,22 @@ struct OrtBackend::Impl {
             throw BackendUnavailable(path.string() + ": ONNX Runtime cannot load it (" + first_line(e.what()) + ")");
         }
         check_io(*s, manifest->tensors.at(graph), path);
-        return *sessions.emplace(graph, std::move(s)).first->second;
+        return s;
+    }
+
+    Ort::Session& session(const std::string& graph) {
+        auto it = sessions.find(graph);
+        if (it == sessions.end()) it = sessions.emplace(graph, load(graph)).first;
+        return *it->second;
+    }
+
+    // Sessions are created concurrently (ONNX Runtime allows it; each is parsed and optimised on its own
+    // thread), and a failure is reported for the first graph in `graphs` that failed, as loading them in
+    // turn would.
+    void load_all(const std::vector<std::string>& graphs) {
+        std::vector<std::future<std::unique_ptr<Ort::Session>>> pending;
+        for (const auto& g : graphs) pending.push_back(std::async(std::launch::async, [this, g] { return load(g); }));
+        for (size_t i = 0; i < graphs.size(); ++i) sessions.emplace(graphs[i], pending[i].get());
     }
 };
 
@@ -141,7 +156,7 @@ OrtBackend::OrtBackend(const Manifest& manifest, const std::string& device, int 
     } catch (const Ort::Exception& e) {
         throw BackendUnavailable("ort-" + device + " backend not available: " + first_line(e.what()));
     }
-    for (const auto& g : graphs) impl_->session(g);
+    impl_->load_all(graphs);
 }
 
 OrtBackend::~OrtBackend() = default;

@@ -23,6 +23,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <future>
 #include <iostream>
 #include <memory>
 #include <optional>
@@ -572,11 +573,19 @@ int run(const Args& args) {
     std::set<std::string> answered;
     std::vector<Json> carried;
     if (!args.resume.empty()) std::tie(answered, carried) = previous_answers(args.resume);
+    // The first photo is read and decoded on another thread while the bundle and the store load: the
+    // same work and the same refusals, in their usual place (a setup error is still reported first).
+    const auto first = std::find_if(queries.begin(), queries.end(), [&](const Query& q) { return !answered.count(q.label); });
+    const path first_file = first == queries.end() ? path() : first->file;
+    std::future<cv::Mat> prefetched;
+    if (!first_file.empty())
+        prefetched = std::async(std::launch::async, [&first_file, &args] { return jzi::read_image(first_file, args.max_pixels); });
     jzi::LocalizerOptions options;
     options.backend = args.backend;
     options.threads = args.threads;
     options.verify_bundle = !args.no_verify;
     jzi::Localizer loc(args.engine, args.tiles, options);
+    if (prefetched.valid()) prefetched.wait();  // while it decodes, stderr may point at /dev/null (quiet codecs)
     if (!args.viz.empty() && !args.source.empty())
         throw jzi::ArgumentError("--source: jzi-run-native draws from the store's thumbnails only; render from imagery with jzi-run");
     if (!args.viz.empty() && !loc.store().has_pixels())
@@ -633,7 +642,8 @@ int run(const Args& args) {
         for (const auto& q : queries) {
             if (g_interrupted) throw Interrupted{};
             try {
-                pending.emplace_back(q, jzi::read_image(q.file, args.max_pixels));
+                const bool ready = prefetched.valid() && q.file == first_file;
+                pending.emplace_back(q, ready ? prefetched.get() : jzi::read_image(q.file, args.max_pixels));
             } catch (const jzi::Error& e) {
                 if (e.kind() != jzi::ErrorKind::Image) throw;
                 fail(q.label, e.what());

@@ -9,6 +9,7 @@
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
+#include "jzi/codecs.h"
 #include "jzi/error.h"
 
 namespace jzi {
@@ -158,7 +159,7 @@ void save_rgb(const std::string& path, const cv::Mat& rgb) {
     cv::cvtColor(rgb, bgr, cv::COLOR_RGB2BGR);
     bool ok = false;
     try {
-        ok = cv::imwrite(tmp.string(), bgr);
+        ok = codecs_write(tmp.string(), bgr);
     } catch (const cv::Exception&) {
         ok = false;
     }

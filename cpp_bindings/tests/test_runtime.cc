@@ -255,6 +255,23 @@ static void test_bundle() {
          "tensors.decoder.outputs 'logits' is float32 ['batch', 15], the manifest's sizes imply float32 ['batch', 16]"},
         {[](json& m, const fs::path&) { m["tensors"]["decoder"]["inputs"].erase(4); }, "tensors.decoder.inputs names disagree"},
         {[](json& m, const fs::path&) { m["files"]["decoder"]["sha256"] = "abc"; }, "files.decoder.sha256 must be 64 lowercase hex digits"},
+        // the files are hashed concurrently, yet the first problem in the manifest's order (here decoder,
+        // street_encoder, view_encoder) is the one named, as Python's reader names it
+        {[](json&, const fs::path& d) {
+             write(d / "street_encoder.onnx", "edited");
+             write(d / "view_encoder.onnx", "edited too");
+         },
+         "street_encoder.onnx does not match its sha256"},
+        {[](json&, const fs::path& d) {
+             write(d / "decoder.onnx", "edited");
+             fs::remove(d / "view_encoder.onnx");
+         },
+         "decoder.onnx does not match its sha256"},
+        {[](json&, const fs::path& d) {
+             fs::remove(d / "street_encoder.onnx");
+             write(d / "view_encoder.onnx", "");
+         },
+         "street_encoder.onnx is missing"},
     };
     int n = 0;
     for (const auto& [edit, why] : cases) REFUSES(load_manifest(make_bundle("bundle-bad" + std::to_string(n++), edit)), ErrorKind::Bundle, why);
@@ -281,7 +298,7 @@ static void test_images() {
     for (const char* ext : {".jpg", ".png", ".bmp", ".tiff", ".webp"}) {
         const auto data = encode(ext, two_colour_bgr(24, 40));
         const auto size = header_size(data.data(), data.size());
-        CHECK(size && size->first == 40 && size->second == 24);
+        CHECK(size && size->first.value() == 40 && size->second.value() == 24);
         const cv::Mat rgb = decode_image(data.data(), data.size());
         CHECK(rgb.rows == 24 && rgb.cols == 40 && rgb.type() == CV_8UC3);
         CHECK(rgb.at<cv::Vec3b>(12, 5)[0] > 200 && rgb.at<cv::Vec3b>(12, 5)[2] < 60);  // red left, in RGB order
@@ -321,7 +338,26 @@ static void test_images() {
     REFUSES(decode_image(reinterpret_cast<const uint8_t*>(comment.data()), comment.size()), ErrorKind::Image, "truncated or corrupt PNM header");
     const std::string ppm = "P6\n640 480\n255\n";
     const auto ppm_size = header_size(reinterpret_cast<const uint8_t*>(ppm.data()), ppm.size());
-    CHECK(ppm_size && ppm_size->first == 640 && ppm_size->second == 480);
+    CHECK(ppm_size && ppm_size->first.value() == 640 && ppm_size->second.value() == 480);
+    // sizes no int64_t holds are carried exactly, as Python's int carries them (BigTIFF LONG8, text headers)
+    std::vector<uint8_t> bigtiff = {'I', 'I', '+', 0, 8, 0, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0};
+    for (uint16_t tag : {256, 257}) {
+        const uint8_t entry[20] = {uint8_t(tag), uint8_t(tag >> 8), 16, 0, 1, 0, 0, 0, 0, 0, 0, 0,
+                                   0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, uint8_t(tag == 256 ? 0xFF : 0x7F)};
+        bigtiff.insert(bigtiff.end(), entry, entry + 20);
+    }
+    const auto tiff_wh = header_size(bigtiff.data(), bigtiff.size());
+    CHECK(tiff_wh && tiff_wh->first.str() == "18446744073709551615" && !tiff_wh->first.fits_int64());
+    CHECK(tiff_wh->second.str() == "9223372036854775807" && tiff_wh->second.fits_int64());
+    REFUSES(decode_image(bigtiff.data(), bigtiff.size()), ErrorKind::Image,
+            "18446744073709551615x9223372036854775807 pixels is over the cap of 100000000 (decompression bomb?)");
+    const std::string pam = "P7\nWIDTH 000123456789012345678901234567890\nHEIGHT -0\nENDHDR\n";
+    REFUSES(decode_image(reinterpret_cast<const uint8_t*>(pam.data()), pam.size()), ErrorKind::Image,
+            "PNM header gives an empty size 123456789012345678901234567890x0");
+    const std::string hdr = "#?RADIANCE\n\n-Y 2 +X " + std::string(4301, '7') + "\n";
+    REFUSES(decode_image(reinterpret_cast<const uint8_t*>(hdr.data()), hdr.size()), ErrorKind::Image, "truncated or corrupt HDR header");
+    CHECK(HeaderInt::parse(" -1_0 ")->value() == -10 && !HeaderInt::parse("1__0") && !HeaderInt::parse("_1"));
+    CHECK(HeaderInt::parse("-9223372036854775808")->fits_int64() && !HeaderInt::parse("9223372036854775808")->fits_int64());
     REFUSES(read_image("/nonexistent/photo.jpg"), ErrorKind::Image, "/nonexistent/photo.jpg: cannot read");
     REFUSES(read_image(fs::temp_directory_path()), ErrorKind::Image, "is a directory");
 

@@ -24,11 +24,33 @@ namespace jzi {
 
 constexpr int64_t kMaxPixels = 100000000;  // 100 MP: far above any camera, far below exhausting memory
 
+// A width or height exactly as a header states it. Text headers (PAM, PFM, Radiance) may state decimal
+// numbers of any length and BigTIFF unsigned 64-bit ones; Python's int keeps every one of them, so a
+// refusal names the number as written: here a sign and decimal digits.
+class HeaderInt {
+public:
+    HeaderInt(int64_t v = 0);  // NOLINT: every binary header field converts implicitly
+    static HeaderInt from_unsigned(uint64_t v);
+    // Python's int(text): whitespace around, a sign, digits with single underscores between them, at most
+    // 4 300 digits (Python's default int_max_str_digits); nullopt where Python raises ValueError.
+    static std::optional<HeaderInt> parse(const std::string& text);
+
+    bool positive() const { return !negative_ && digits_ != "0"; }
+    bool fits_int64() const;
+    int64_t value() const;    // saturated at INT64_MIN / INT64_MAX where it does not fit
+    std::string str() const;  // as Python's str(int)
+
+private:
+    bool negative_ = false;
+    std::string digits_ = "0";  // no leading zeros
+};
+using HeaderSize = std::pair<HeaderInt, HeaderInt>;  // (width, height)
+
 // The image format named by the first bytes (32 are enough): "png", "jpeg", ... or "" (sniff_format).
 std::string sniff_format(const uint8_t* data, size_t size);
 // (width, height) from the header of any format sniff_format knows, nullopt for other bytes; a header
 // that is truncated or inconsistent is an Error(Image) ("truncated or corrupt PNG header", ...).
-std::optional<std::pair<int64_t, int64_t>> header_size(const uint8_t* data, size_t size);
+std::optional<HeaderSize> header_size(const uint8_t* data, size_t size);
 
 // Silence file descriptor 2 around each decode (libpng/libjpeg print there themselves); process-wide,
 // so CLIs turn it on and libraries embedding the runtime leave it off (QUIET_CODECS in runtime/images.py).

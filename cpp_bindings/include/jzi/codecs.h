@@ -1,0 +1,22 @@
+// OpenCV's image codecs (imdecode, imwrite), opened when first used.
+//
+// Debian's libopencv_imgcodecs pulls in some 130 shared libraries (GDAL, GDCM, OpenEXR, ...). Linked
+// the usual way, the dynamic loader spends about half of jzi-run-native's start-up on them before main()
+// runs; opened with dlopen at the first decode (jzi-run-native decodes its first photo on another thread
+// while the bundle loads), they leave the critical path, and runs that decode nothing never load them.
+// Where CMake could not read the library's soname the codecs are linked as usual.
+#pragma once
+
+#include <string>
+
+#include <opencv2/core.hpp>
+
+namespace jzi {
+
+// cv::imdecode(buf, flags); an empty Mat where OpenCV cannot decode. Error(Internal) if the codecs
+// library cannot be opened.
+cv::Mat codecs_decode(const cv::Mat& buf, int flags);
+// cv::imwrite(path, img); false where OpenCV cannot write that file.
+bool codecs_write(const std::string& path, const cv::Mat& img);
+
+}  // namespace jzi
