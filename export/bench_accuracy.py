@@ -84,13 +84,5 @@ def reference_logits(loc, photos) -> np.ndarray:
     return greedy_logits(loc, street_queries(loc, photos))[1]
 
 
-def decisive_queries(loc, photos) -> np.ndarray:
-    """[N] bool: the queries whose greedy rollout through ``loc`` is decisive at every step (the best cell
-    leads the runner-up by >= 0.1 in probability; the gates of issue 9 and 14 are judged on these)."""
-    from .onnx_export import decisive_rollouts
-
-    return decisive_rollouts(reference_logits(loc, photos))
-
-
 def _recalls(m: dict) -> dict:
     return {k: m[k] for k in ("R@40m", "R@50m", "R@100m", "strict", "median_error_m", "queries")}

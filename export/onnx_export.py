@@ -419,10 +419,15 @@ def _decoder_rollouts(session, model: JustZoomIn, n: int, seed: int) -> dict:
             "logits": _diff(got_logits[same_prefix], ref_logits[same_prefix])}
 
 
+def decisive_steps(ref_logits: np.ndarray, gap: float = DECISIVE_GAP) -> np.ndarray:
+    """[B, S] bool: at each step, the reference's best cell leads the runner-up by >= ``gap`` in probability."""
+    top2 = np.sort(torch.softmax(torch.from_numpy(np.asarray(ref_logits)), -1).numpy(), axis=-1)[..., -2:]
+    return (top2[..., 1] - top2[..., 0]) >= gap
+
+
 def decisive_rollouts(ref_logits: np.ndarray, gap: float = DECISIVE_GAP) -> np.ndarray:
     """[B] bool: the reference's best cell leads the runner-up by >= ``gap`` in probability at every step."""
-    top2 = np.sort(torch.softmax(torch.from_numpy(np.asarray(ref_logits)), -1).numpy(), axis=-1)[..., -2:]
-    return ((top2[..., 1] - top2[..., 0]) >= gap).all(axis=1)
+    return decisive_steps(ref_logits, gap).all(axis=1)
 
 
 def decisive_decisions(got_paths: np.ndarray, ref_paths: np.ndarray, ref_logits: np.ndarray,
@@ -432,8 +437,7 @@ def decisive_decisions(got_paths: np.ndarray, ref_paths: np.ndarray, ref_logits:
     A decision is step k of a query where both rollouts reached the same cell so far and the reference's
     best cell leads its runner-up by >= ``gap`` in probability. Unlike ``decisive_rollouts`` (decisive at
     every step), this keeps a query's confident coarse steps when its last step is a near-tie."""
-    top2 = np.sort(torch.softmax(torch.from_numpy(np.asarray(ref_logits)), -1).numpy(), axis=-1)[..., -2:]
-    decisive = ((top2[..., 1] - top2[..., 0]) >= gap) & _same_prefix(got_paths, ref_paths)
+    decisive = decisive_steps(ref_logits, gap) & _same_prefix(got_paths, ref_paths)
     n = int(decisive.sum())
     return n, (float((got_paths == ref_paths)[decisive].mean()) if n else None)
 
