@@ -319,11 +319,21 @@ class Run:
         save_checkpoint(self.model, self.out / name, **extra)
 
     # -- the schedule --
+    def budget_s(self) -> float:
+        """Seconds this run may take (``--minutes``). The cpu recipe's street phase leaves out the time the
+        zoom phase will need to cache its embeddings, estimated from the street phase's own training rate:
+        encoding a photo without gradients costs about half a training sample (measured 2.1x faster)."""
+        budget = 60 * self.a.minutes
+        items = getattr(self.a, "cache_photos", 0)
+        if items and self.state.get("samples"):
+            budget -= items * self.state["train_s"] / self.state["samples"] / 2
+        return budget
+
     def progress(self, total_steps: int, elapsed: float) -> float:
         p = self.state["step"] / max(total_steps, 1)
         if self.a.minutes:  # the schedule spans the budget left after setup
             setup = self.state.get("setup_s", 0.0)
-            p = max(p, (elapsed - setup) / max(60 * self.a.minutes - setup, 1e-9))
+            p = max(p, (elapsed - setup) / max(self.budget_s() - setup, 1e-9))
         return p
 
     def out_of_time(self, elapsed: float) -> bool:
@@ -331,7 +341,7 @@ class Run:
         # spend a short budget on its own (30 000 photos: 156 s of the cpu recipe's 3-minute zoom phase)
         if self.a.frozen_encoder and self.state["epoch"] == 0:
             return False
-        return bool(self.a.minutes) and self.dist.any(elapsed >= 60 * self.a.minutes)
+        return bool(self.a.minutes) and self.dist.any(elapsed >= self.budget_s())
 
     def step(self, loss_fn, total_steps: int, elapsed: float) -> float:
         for g in self.optimizer.param_groups:
@@ -392,8 +402,11 @@ class Run:
                 elapsed = time.perf_counter() - start
                 if self.out_of_time(elapsed):
                     break
+                t_step = time.perf_counter()
                 losses.append(self.step(loss_fn, total_steps, elapsed))
                 seen += n
+                self.state["samples"] = self.state.get("samples", 0) + n
+                self.state["train_s"] = self.state.get("train_s", 0.0) + time.perf_counter() - t_step
                 if bar is not None:
                     rate = seen * self.dist.world / max(time.perf_counter() - t_epoch, 1e-9)
                     bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", rate=f"{rate:.0f}/s",
@@ -409,6 +422,7 @@ class Run:
                      "train_loss": self.dist.mean(float(np.mean(losses))), "lr": self.optimizer.param_groups[0]["lr"],
                      "samples_per_s": round(seen * self.dist.world / max(time.perf_counter() - t_epoch, 1e-9), 1)}
             last = self.state["epoch"] >= epochs or self.out_of_time(time.perf_counter() - start)
+            self.state["finished"] = last  # a resumed run knows it is done without redoing its setup
             if (epoch + 1) % val_every == 0 or last:
                 m = validate()
                 if "aux_step_accuracy" in m:  # the street phase: no zoom metrics yet
@@ -697,9 +711,9 @@ def test_checkpoint(path, a, log=print) -> dict:
     return m
 
 
-# --recipe cpu with --minutes: the zoom phase gets 20 % of the budget, at most 3 minutes (it caches the
-# embeddings in about 1 minute and its validation plateaus within a few epochs; RESULTS.md, issue 9),
-# the street phase the rest
+# --recipe cpu with --minutes: the zoom phase trains its decoder for 20 % of the budget, at most 3 minutes
+# (its validation plateaus within a few epochs; RESULTS.md, issue 9); the street phase gets the rest, less
+# the zoom phase's caching time, which grows with the photos (6000: ~35 s; 30 000: ~130 s)
 ZOOM_SHARE, ZOOM_MAX_MINUTES = 0.2, 3.0
 
 
@@ -708,6 +722,8 @@ def _street_phase_finished(last: Path, street) -> bool:
     if not last.is_file():
         return False
     state = read_torch_file(last).get("train_state", {})
+    if state.get("finished"):
+        return True
     if street.epochs is not None and state.get("epoch", 0) >= street.epochs:
         return True
     return bool(street.minutes) and state.get("elapsed_s", 0.0) >= 60 * street.minutes
@@ -732,11 +748,23 @@ def train_cpu_recipe(a, dist: Distributed) -> None:
                                    "frozen_encoder": False, "save_every": 0})
     done = out / "encoder" / "last.pt"
     if not (a.resume and _street_phase_finished(done, street)):
-        Run(street, dist).fit()
+        run = Run(street, dist)
+        if budget:  # the street phase stops early enough for the zoom phase's caching (see Run.budget_s)
+            street.cache_photos = cache_photos(len(run.train_records), a.street_copies, len(run.val_records),
+                                               run.cfg.zoom.total_views)
+        run.fit()
     dist.barrier()
+    if budget:  # the zoom phase (caching included) gets what the street phase left of the whole budget
+        spent = read_torch_file(done).get("train_state", {}).get("elapsed_s", 0.0) / 60
+        zoom_minutes = max(budget - spent, 0.1)
     zoom = argparse.Namespace(**{**vars(a), "phase": "zoom", "frozen_encoder": True, "init": str(done),
                                  "minutes": zoom_minutes})
     Run(zoom, dist).fit()
+
+
+def cache_photos(train: int, copies: int, val: int, views: int) -> float:
+    """What the zoom phase's cache costs, in street photos (a view is one image, a photo two halves)."""
+    return train * copies + val + views / 2
 
 
 def main(argv=None) -> int:

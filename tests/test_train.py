@@ -264,7 +264,8 @@ def test_cpu_recipe_street_phase_then_zoom_phase(world, views_cache, tmp_path):
 
 def test_cpu_recipe_budget_splits_minutes_and_does_not_cap_street_epochs(tmp_path):
     """With --minutes, the street phase runs until its share of the budget is spent (not a fixed 20 epochs),
-    the zoom phase gets 20 % of the budget up to 3 minutes; a finished phase is known by epochs or minutes."""
+    the zoom phase gets 20 % of the budget up to 3 minutes; a finished phase is known by epochs, minutes or
+    its own word."""
     from argparse import Namespace
 
     from jzi.export.train import _street_phase_finished, parse_args
@@ -278,6 +279,27 @@ def test_cpu_recipe_budget_splits_minutes_and_does_not_cap_street_epochs(tmp_pat
     assert _street_phase_finished(last, Namespace(epochs=None, minutes=20.0))
     assert _street_phase_finished(last, Namespace(epochs=40, minutes=None))
     assert not _street_phase_finished(last, Namespace(epochs=41, minutes=None))
+    # a phase that stopped early to leave the zoom phase its caching time says so itself
+    torch.save({"epoch": 40, "train_state": {"epoch": 40, "elapsed_s": 1200.0, "finished": True}}, last)
+    assert _street_phase_finished(last, Namespace(epochs=None, minutes=57.0))
+
+
+def test_street_phase_reserves_the_zoom_phases_caching_time_from_its_own_rate():
+    """30 000 photos x 2 copies cost the zoom phase ~2 minutes of caching (RESULTS, issue 9): the street
+    phase's budget leaves that time out, estimated as half a training sample's time per photo encoded."""
+    from argparse import Namespace
+    from types import SimpleNamespace
+
+    from jzi.export.train import Run, cache_photos
+
+    photos = cache_photos(30000, 2, 300, 4369)
+    assert photos == 30000 * 2 + 300 + 4369 / 2
+    street = SimpleNamespace(a=Namespace(minutes=10.0, cache_photos=photos), state={"samples": 1000, "train_s": 4.0})
+    assert Run.budget_s(street) == pytest.approx(600 - photos * 0.004 / 2)  # 125 s reserved
+    street.state = {}  # no step timed yet: nothing to estimate from
+    assert Run.budget_s(street) == 600
+    zoom = SimpleNamespace(a=Namespace(minutes=3.0), state={"samples": 1000, "train_s": 4.0})
+    assert Run.budget_s(zoom) == 180
 
 
 def test_colour_jitter_and_hue_jitter_reach_the_batched_augmentation():
