@@ -1,6 +1,7 @@
 """The C++ runtime against the Python one (issue 10), side by side in one run on the same bundle.
 
     python benchmarks/bench_native.py --work bench-out [--tiny-bundle B --tiny-store S] [--rounds 3]
+        [--native NAME=PATH ...] [--no-official]
 
 Sections (each contender in its own process, the two alternating round by round so that load from
 other work hits both alike; medians over rounds):
@@ -11,6 +12,9 @@ other work hits both alike; medians over rounds):
 - start: process start to the first answer line of ``jzi-run`` and ``jzi-run-native`` on one photo;
 - memory: peak resident memory of each program, from a small launcher so that the figure is the
   program's own (ru_maxrss after wait4).
+
+``--native NAME=PATH`` (repeatable) runs these builds of ``jzi-run-native`` (an older commit, an opt-in
+CMake option) in place of ``jzi.native``'s; every program must print the same first answer (``same_answer``).
 
 The official preset comes from ``jzi.export.bench.Workdir`` (random weights: speed and memory do not
 depend on them; the store holds random embeddings). ``jzi.native`` must be built (make native).
@@ -104,12 +108,15 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--loops", type=int, default=300)
     ap.add_argument("--queries", type=int, default=5)
+    ap.add_argument("--native", action="append", default=[], metavar="NAME=PATH",
+                    help="a jzi-run-native build to run in the same rounds, in place of jzi.native's (repeatable)")
+    ap.add_argument("--no-official", action="store_true", help="start/memory on the tiny bundle only")
     ap.add_argument("--worker", nargs=2, metavar=("KIND", "BUNDLE_STORE"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     a.sections = a.sections or ["overhead", "start", "memory"]
     if set(a.sections) - {"overhead", "start", "memory"}:
         ap.error(f"unknown sections {a.sections}")
-    from jzi.export.bench import Workdir
+    from jzi.export.bench_workdir import Workdir
 
     wd = Workdir(a.work, a.threads, log=lambda s: print("   " + s, file=sys.stderr, flush=True))
     photos = [str(p) for p in wd.photos(max(a.queries, 2))]
@@ -138,19 +145,30 @@ def main(argv=None) -> int:
         rec = alternate(a.rounds, {"python": run("python"), "native": run("native")})
         report["overhead"] = {k: medians(v) for k, v in rec.items()}
 
-    def cli_runs(b, s, extra=()):
-        args = ["--engine", str(b), "--tiles", str(s), "--threads", str(a.threads), *extra, photos[0]]
-        return alternate(a.rounds, {"jzi-run": lambda: launch([python_cli, *args]),
-                                    "jzi-run-native": lambda: launch([native_cli, *args])})
+    programs = {"jzi-run": python_cli, **({} if a.native else {"jzi-run-native": native_cli})}
+    for spec in a.native:
+        name, sep, path = spec.partition("=")
+        if not sep or not Path(path).is_file():
+            ap.error(f"--native {spec}: expected NAME=PATH to a jzi-run-native build")
+        programs[name] = path
 
-    if "start" in a.sections or "memory" in a.sections:
-        rec = cli_runs(bundle, store)
-        report["official_cli"] = {k: medians(v) for k, v in rec.items()}
-        firsts = {k: {r["first_line"].split("  confidence")[0] for r in v} for k, v in rec.items()}
-        report["official_cli"]["same_answer"] = firsts["jzi-run"] == firsts["jzi-run-native"]
+    def cli_runs(b, s):
+        args = ["--engine", str(b), "--tiles", str(s), "--threads", str(a.threads), photos[0]]
+        rec = alternate(a.rounds, {name: (lambda prog=prog: launch([prog, *args])) for name, prog in programs.items()})
+        out = {name: {**medians(v), "first_answer_s_rounds": [round(r["first_answer_s"], 4) for r in v]}
+               for name, v in rec.items()}
+        for name, v in rec.items():  # per round, against jzi-run in the same round
+            if name != "jzi-run":
+                out[name]["start_ratio_to_jzi_run"] = round(statistics.median(
+                    r["first_answer_s"] / p["first_answer_s"] for r, p in zip(v, rec["jzi-run"])), 3)
+        answers = {r["first_line"].split("  confidence")[0] for v in rec.values() for r in v}
+        out["same_answer"] = len(answers) == 1
+        return out
+
+    if ("start" in a.sections or "memory" in a.sections) and not a.no_official:
+        report["official_cli"] = cli_runs(bundle, store)
     if "start" in a.sections and a.tiny_bundle:
-        rec = cli_runs(a.tiny_bundle, a.tiny_store)
-        report["tiny_cli"] = {k: medians(v) for k, v in rec.items()}
+        report["tiny_cli"] = cli_runs(a.tiny_bundle, a.tiny_store)
     report["load_after"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(report, indent=1))
     return 0

@@ -2,6 +2,7 @@
 // tile stores and bundles (valid, then each malformed field refused with its one line), images.
 #include <unistd.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -9,6 +10,7 @@
 #include <functional>
 #include <iostream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -281,6 +283,34 @@ static void test_bundle() {
     load_manifest(make_bundle("bundle-noverify", [](json&, const fs::path& d) { write(d / "decoder.onnx", "edited"); }), false);
 }
 
+// A graph cut short while it is being hashed gives the mismatch line Python's reader gives (the digest
+// of what was read), never SIGBUS (a memory map of a shrinking file faults). Cut at a few moments; the
+// cut at 0 ms lands before or during the hash, so at least one load must be refused.
+static void test_bundle_cut_while_hashed() {
+    const std::string data(size_t(32) << 20, 'x');
+    const std::string digest = sha256_bytes(data.data(), data.size());
+    int refused = 0;
+    for (int delay_ms = 0; delay_ms < 4; ++delay_ms) {
+        const fs::path dir = make_bundle("bundle-cut" + std::to_string(delay_ms), [&](json& m, const fs::path& d) {
+            write(d / "decoder.onnx", data);
+            m["files"]["decoder"]["sha256"] = digest;
+        });
+        std::thread cut([&] {
+            std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
+            fs::resize_file(dir / "decoder.onnx", 4096);
+        });
+        try {
+            load_manifest(dir);
+        } catch (const Error& e) {
+            ++refused;
+            CHECK(e.kind() == ErrorKind::Bundle && std::string(e.what()) == dir.string() + ": decoder.onnx does not match its sha256 in "
+                                                                                           "the manifest (corrupt or edited)");
+        }
+        cut.join();
+    }
+    CHECK(refused > 0);
+}
+
 // ---- images -------------------------------------------------------------------------------------
 static std::vector<uint8_t> encode(const std::string& ext, const cv::Mat& bgr, std::vector<int> params = {}) {
     std::vector<uint8_t> out;
@@ -371,6 +401,7 @@ int main() {
     test_half();
     test_tiles();
     test_bundle();
+    test_bundle_cut_while_hashed();
     test_images();
     fs::remove_all(fs::temp_directory_path() / ("jzi-test-" + std::to_string(::getpid())));
     std::cout << checks - failures << "/" << checks << " checks passed\n";
