@@ -16,7 +16,7 @@ other work hits both alike; medians over rounds):
 ``--native NAME=PATH`` (repeatable) runs these builds of ``jzi-run-native`` (an older commit, an opt-in
 CMake option) in place of ``jzi.native``'s; every program must print the same first answer (``same_answer``).
 
-The official preset comes from ``jzi.export.bench.Workdir`` (random weights: speed and memory do not
+The official preset comes from ``jzi.export.bench_workdir.Workdir`` (random weights: speed and memory do not
 depend on them; the store holds random embeddings). ``jzi.native`` must be built (make native).
 """
 from __future__ import annotations
