@@ -82,6 +82,8 @@ def run(out: Path, street_epochs: int, epochs: int, world_size: str, easy: bool,
         # jzi-train's CPU recipe: the encoder learns from street photos first, then the zoom decoder on its embeddings
         argv = [str(world), "--out", str(train_dir), "--preset", "tiny", "--recipe", "cpu", "--street-epochs",
                 str(street_epochs), "--epochs", str(epochs), "--lr", str(DEMO_LR), "--seed", "0", "--quiet"]
+        if easy:  # clean photos, and few steps: augmentation slows the block step (RESULTS.md, "make demo")
+            argv.append("--no-augment")
         if threads:
             argv += ["--threads", str(threads)]
         if last.is_file() and not fresh and last.stat().st_mtime >= world_made:
