@@ -5,7 +5,8 @@
 1. a synthetic world over the default 10 km region with train/val/test street photos (jzi-synth;
    its --easy variant unless --default-world: the same city, photographed as clean full panoramas),
 2. the tiny model trained on it with jzi-train's CPU recipe for a fixed number of epochs (seeded, so
-   two runs give the same model however busy the machine is), or the one an earlier run left,
+   two runs give the same model however busy the machine is; without augmentation on the easy world),
+   or the one an earlier run left,
 3. exported to a model bundle (jzi-export),
 4. every satellite view encoded into a tile store, with small thumbnails for pictures (jzi-tiles),
 5. the held-out test photos localized by the torch-free runtime (jzi-run's Localizer): a short
