@@ -11,7 +11,8 @@ the dynamo graph comes out clean (native LayerNormalization, no Resize: the posi
 resampled once in PyTorch by ``Encoder.freeze_position_embeddings``). Only the batch axis is dynamic.
 
 Precisions: fp32; fp16 encoders for GPUs (LayerNorm, Softmax and other reductions kept fp32; uint8
-in, float32 out); int8 encoders for CPUs (ONNX Runtime dynamic quantisation of the MatMuls). The
+in, float32 out); int8 encoders for CPUs (attention fused into ONNX Runtime's MultiHeadAttention, then
+dynamic quantisation of the MatMuls; ``onnx_fusions``). The
 decoder is fp32 unless ``decoder_precision="int8"`` (``jzi-export --decoder-precision int8``): int8
 weights cut the bytes a batch-1 step streams 4x; its argmax decides the path, so it is gated on
 decisive rollouts (below) and measured on a trained model (benchmarks/RESULTS.md).
@@ -245,9 +246,17 @@ INT8_REDUCE_RANGE = False
 
 
 def to_int8(proto: onnx.ModelProto, workdir: Path) -> onnx.ModelProto:
-    """Dynamic int8 quantisation of the MatMuls (weights int8, activations quantised on the fly)."""
+    """An encoder for ONNX Runtime's CPU provider: attention fused into MultiHeadAttention, LayerScale
+    folded, q/k/v projections merged (``onnx_fusions``, all exact), then dynamic int8 quantisation of the
+    MatMuls (weights int8, activations quantised on the fly; the attention itself stays fp32).
+
+    Measured against static (calibrated, QDQ) int8 with the attention MatMuls quantised too, which was
+    slower and further from fp32 (benchmarks/RESULTS.md, "Performance (issue 14)")."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    from .onnx_fusions import fuse_encoder_for_cpu
+
+    fuse_encoder_for_cpu(proto)
     src, dst = workdir / "int8_src.onnx", workdir / "int8_dst.onnx"
     onnx.save(proto, src)
     # The quantiser logs a generic "consider pre-processing" warning to the root logger; measured,
@@ -671,7 +680,7 @@ def build_manifest(model: JustZoomIn, precision: str, source: dict, parity: dict
         "fp32": "encoders fp32",
         "fp16": f"encoders fp16 with uint8 input and float32 output; kept fp32: {', '.join(FP16_KEEP_FP32)}",
         "int8": f"encoders: ONNX Runtime dynamic int8 MatMuls (per_channel={INT8_PER_CHANNEL}, "
-                f"reduce_range={INT8_REDUCE_RANGE})",
+                f"reduce_range={INT8_REDUCE_RANGE}), attention fused into fp32 MultiHeadAttention",
     }
     decoder_notes = {
         "fp32": "decoder fp32",
