@@ -12,7 +12,7 @@ looks for. Here, measured on the official encoder (benchmarks/RESULTS.md, "Perfo
   activation is quantised once and one larger GEMM runs instead of three.
 
 Each rewrite is exact algebra (fp32 outputs agree to ~1e-6) and only touches a chain it matched in
-full; anything else is left as it was. ``MultiHeadAttention`` is an ONNX Runtime contrib op, so these
+full; anything else is left as it was (and the export's parity gate compares the result with PyTorch). ``MultiHeadAttention`` is an ONNX Runtime contrib op, so these
 run only for the int8 encoders, which are ONNX Runtime CPU graphs anyway (TensorRT refuses int8
 bundles); fp32 and fp16 graphs stay plain ONNX.
 """
@@ -29,7 +29,6 @@ class _Graph:
     """Producer, consumer and initializer lookups over one graph (rebuilt after each rewrite)."""
 
     def __init__(self, graph: onnx.GraphProto):
-        self.graph = graph
         self.producer = {o: n for n in graph.node for o in n.output}
         self.users: dict[str, list] = {}
         for n in graph.node:
