@@ -256,6 +256,7 @@ def to_int8(proto: onnx.ModelProto, workdir: Path) -> onnx.ModelProto:
 
     from .onnx_fusions import fuse_encoder_for_cpu
 
+    proto = onnx.ModelProto.FromString(proto.SerializeToString())  # the caller's graph stays as it was
     fuse_encoder_for_cpu(proto)
     src, dst = workdir / "int8_src.onnx", workdir / "int8_dst.onnx"
     onnx.save(proto, src)

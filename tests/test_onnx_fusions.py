@@ -87,3 +87,15 @@ def test_int8_bundle_encoders_are_fused(bundles):
         assert any(o.domain == "com.microsoft" for o in int8.opset_import)
         # the merged q/k/v projection is one quantised MatMul per layer: 4 per layer (qkv, out, fc1, fc2)
         assert ops.count("MatMulInteger") == 4 * fp32_ops.count("Softmax")
+
+
+def test_to_int8_leaves_the_callers_graph_alone(bundles, tmp_path):
+    """benchmarks/bench_export.py quantises a graph and then measures it as fp32 and converts it to fp16."""
+    from jzi.export.onnx_export import to_int8
+
+    proto = onnx.load(bundles["fp32"] / "view_encoder.onnx")
+    before = proto.SerializeToString()
+    int8 = to_int8(proto, tmp_path)
+    assert proto.SerializeToString() == before
+    assert any(n.op_type == "MultiHeadAttention" for n in int8.graph.node)
+    assert not any(n.op_type == "MultiHeadAttention" for n in proto.graph.node)
