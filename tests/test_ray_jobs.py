@@ -126,7 +126,7 @@ def test_cli_ray_build_of_the_full_region(tmp_path, bundle, geotiff, store32):  
     """jzi-tiles build --ray as a user runs it (its own local Ray): the same bytes as the one-process build."""
     out = tmp_path / "ray.jzt"
     r = subprocess.run([sys.executable, "-m", "jzi.runtime.tiles_cli", "build", "--engine", str(bundle), "--source",
-                        str(geotiff), "-o", str(out), "--dtype", "fp32", "--chunk-rows", "512", "--batch", "512",
+                        str(geotiff), "-o", str(out), "--dtype", "fp32", "--chunk-rows", "512", "--batch", "64",
                         "--threads", "1", "--ray", "--local-cpus", "2"], capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "4369 views" in r.stdout and "4369/4369" in r.stderr and "view/s" in r.stderr  # one bar, with a rate

@@ -145,7 +145,7 @@ def test_cli_shards_from_flag_and_environment_then_merge(tmp_path, bundle, geoti
     the same encoder batches as the store32 fixture's build, so the same bytes."""
     out = tmp_path / "cli.jzt"
     cmd = [sys.executable, "-m", "jzi.runtime.tiles_cli", "build", "--engine", str(bundle), "--source", str(geotiff),
-           "-o", str(out), "--dtype", "fp32", "--chunk-rows", "512", "--batch", "512", "--threads", "1", "--quiet"]
+           "-o", str(out), "--dtype", "fp32", "--chunk-rows", "512", "--batch", "64", "--threads", "1", "--quiet"]
     envs = [{"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_MIN": "3", "SLURM_ARRAY_TASK_COUNT": "2"},
             {"SLURM_ARRAY_TASK_ID": "4", "SLURM_ARRAY_TASK_MIN": "3", "SLURM_ARRAY_TASK_COUNT": "2"}]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **e})
