@@ -106,8 +106,8 @@ def make_geotiff(base: Path) -> Path:
 
 
 def make_store(base: Path, bundle: Path) -> Path:
-    """The fp32 store of the bundle over the GeoTIFF, built from the imagery (batches of 64 views: 512 took
-    600 MB more memory, ONNX Runtime's buffers for the larger batch, for no gain in time)."""
+    """The fp32 store of the bundle over the GeoTIFF, built from the imagery (in batches of 64 views: 512 took
+    600 MB more peak memory for the same CPU time and the same bytes)."""
     from jzi.runtime.tiles import build_store
 
     out = base / "store_float32.jzt"

@@ -121,7 +121,7 @@ def test_view_bank_cache_and_lazy_rendering_agree(world, bank, bank_cache, tmp_p
     reread = ViewBank(world / "satellite", REGION, cache=bank_cache)  # served from the cache
     lazy = ViewBank(world / "satellite", REGION, prerender_px=0)
     # a cache made from other imagery is noticed and rendered again, not silently reused (shown on the first two
-    # levels: rendering the whole region again took seconds and 0.3 GB)
+    # levels: rendering the whole region twice more was most of this test's 8 s)
     small = replace(REGION, steps=2)
     ViewBank(world / "satellite", small, cache=tmp_path / "small.npy")
     stale = np.load(tmp_path / "small.npy")
