@@ -422,7 +422,8 @@ class Run:
                      "train_loss": self.dist.mean(float(np.mean(losses))), "lr": self.optimizer.param_groups[0]["lr"],
                      "samples_per_s": round(seen * self.dist.world / max(time.perf_counter() - t_epoch, 1e-9), 1)}
             last = self.state["epoch"] >= epochs or self.out_of_time(time.perf_counter() - start)
-            self.state["finished"] = last  # a resumed run knows it is done without redoing its setup
+            # a resumed run with the same epochs and minutes knows it is done without redoing its setup
+            self.state["finished"] = {"epochs": a.epochs, "minutes": a.minutes} if last else None
             if (epoch + 1) % val_every == 0 or last:
                 m = validate()
                 if "aux_step_accuracy" in m:  # the street phase: no zoom metrics yet
@@ -725,8 +726,8 @@ def _street_phase_finished(last: Path, street) -> bool:
     if not last.is_file():
         return False
     state = read_torch_file(last).get("train_state", {})
-    if state.get("finished"):
-        return True
+    if state.get("finished") == {"epochs": street.epochs, "minutes": street.minutes}:
+        return True  # e.g. stopped early to leave the zoom phase its caching time (Run.budget_s)
     if street.epochs is not None and state.get("epoch", 0) >= street.epochs:
         return True
     return bool(street.minutes) and state.get("elapsed_s", 0.0) >= 60 * street.minutes

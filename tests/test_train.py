@@ -279,9 +279,12 @@ def test_cpu_recipe_budget_splits_minutes_and_does_not_cap_street_epochs(tmp_pat
     assert _street_phase_finished(last, Namespace(epochs=None, minutes=20.0))
     assert _street_phase_finished(last, Namespace(epochs=40, minutes=None))
     assert not _street_phase_finished(last, Namespace(epochs=41, minutes=None))
-    # a phase that stopped early to leave the zoom phase its caching time says so itself
-    torch.save({"epoch": 40, "train_state": {"epoch": 40, "elapsed_s": 1200.0, "finished": True}}, last)
+    # a phase that stopped early to leave the zoom phase its caching time says so itself, for the budget it had
+    done = {"epochs": None, "minutes": 57.0}
+    torch.save({"epoch": 40, "train_state": {"epoch": 40, "elapsed_s": 1200.0, "finished": done}}, last)
     assert _street_phase_finished(last, Namespace(epochs=None, minutes=57.0))
+    assert not _street_phase_finished(last, Namespace(epochs=None, minutes=90.0))  # resumed with a larger budget
+    assert not _street_phase_finished(last, Namespace(epochs=41, minutes=None))
 
 
 def test_street_phase_reserves_the_zoom_phases_caching_time_from_its_own_rate():
