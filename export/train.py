@@ -272,6 +272,9 @@ class Run:
                              progress=dist.main and not a.quiet)
         # the cpu recipe's auxiliary heads (training only; see SharedViewsForward)
         self.phase = getattr(a, "phase", "zoom")  # "street": the cpu recipe's first phase (see train_cpu_recipe)
+        # a timed street phase leaves the zoom phase the time to cache its embeddings (see budget_s)
+        self.cache_photos = cache_photos(len(self.train_records), a.street_copies, len(self.val_records),
+                                         cfg.zoom.total_views) if self.phase == "street" and a.minutes else 0
         wants_aux = self.phase == "street" or (a.recipe == "memory" and a.aux_weight > 0)
         self.aux = aux_heads(cfg).to(self.device) if wants_aux and not a.frozen_encoder else None
         params = [p for p in (self.model.decoder if a.frozen_encoder else self.model).parameters() if p.requires_grad]
@@ -324,9 +327,8 @@ class Run:
         zoom phase will need to cache its embeddings, estimated from the street phase's own training rate:
         encoding a photo without gradients costs about half a training sample (measured 2.1x faster)."""
         budget = 60 * self.a.minutes
-        items = getattr(self.a, "cache_photos", 0)
-        if items and self.state.get("samples"):
-            budget -= items * self.state["train_s"] / self.state["samples"] / 2
+        if self.cache_photos and self.state.get("samples"):
+            budget -= self.cache_photos * self.state["train_s"] / self.state["samples"] / 2
         return budget
 
     def progress(self, total_steps: int, elapsed: float) -> float:
@@ -751,16 +753,13 @@ def train_cpu_recipe(a, dist: Distributed) -> None:
                                    "minutes": budget - zoom_minutes if budget else None, "views_cache_dir": str(out),
                                    "frozen_encoder": False, "save_every": 0})
     done = out / "encoder" / "last.pt"
-    if not (a.resume and _street_phase_finished(done, street)):
-        run = Run(street, dist)
-        if budget:  # the street phase stops early enough for the zoom phase's caching (see Run.budget_s)
-            street.cache_photos = cache_photos(len(run.train_records), a.street_copies, len(run.val_records),
-                                               run.cfg.zoom.total_views)
-        run.fit()
+    if a.resume and _street_phase_finished(done, street):
+        street_state = read_torch_file(done).get("train_state", {})
+    else:
+        street_state = Run(street, dist).fit()
     dist.barrier()
     if budget:  # the zoom phase (caching included) gets what the street phase left of the whole budget
-        spent = read_torch_file(done).get("train_state", {}).get("elapsed_s", 0.0) / 60
-        zoom_minutes = max(budget - spent, 0.1)
+        zoom_minutes = max(budget - street_state.get("elapsed_s", 0.0) / 60, 0.1)
     zoom = argparse.Namespace(**{**vars(a), "phase": "zoom", "frozen_encoder": True, "init": str(done),
                                  "minutes": zoom_minutes})
     Run(zoom, dist).fit()

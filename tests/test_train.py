@@ -297,11 +297,11 @@ def test_street_phase_reserves_the_zoom_phases_caching_time_from_its_own_rate():
 
     photos = cache_photos(30000, 2, 300, 4369)
     assert photos == 30000 * 2 + 300 + 4369 / 2
-    street = SimpleNamespace(a=Namespace(minutes=10.0, cache_photos=photos), state={"samples": 1000, "train_s": 4.0})
+    street = SimpleNamespace(a=Namespace(minutes=10.0), cache_photos=photos, state={"samples": 1000, "train_s": 4.0})
     assert Run.budget_s(street) == pytest.approx(600 - photos * 0.004 / 2)  # 125 s reserved
     street.state = {}  # no step timed yet: nothing to estimate from
     assert Run.budget_s(street) == 600
-    zoom = SimpleNamespace(a=Namespace(minutes=3.0), state={"samples": 1000, "train_s": 4.0})
+    zoom = SimpleNamespace(a=Namespace(minutes=3.0), cache_photos=0, state={"samples": 1000, "train_s": 4.0})
     assert Run.budget_s(zoom) == 180
 
 
