@@ -662,7 +662,7 @@ def parse_args(argv=None):
                    help="train the decoder from cached embeddings of a fixed encoder (fast on CPU)")
     p.add_argument("--street-copies", type=int,
                    help="frozen mode: embeddings per street photo, 1 plain + augmented (default 4; 2 for --recipe cpu, "
-                   "whose zoom phase is short)")
+                   "whose zoom phase is short; 1 with --no-augment)")
     p.add_argument("--pretrained", metavar="PATH", help="DINOv2 encoder weights: a local transformers folder "
                    "(e.g. a copy of facebook/dinov2-base) or Meta's dinov2_vit*14_pretrain.pth")
     p.add_argument("--init", help="start from this checkpoint's weights (e.g. a pretrained encoder)")
@@ -692,11 +692,13 @@ def parse_args(argv=None):
         a.lr = 1e-3 if a.recipe == "cpu" else 3e-4
     if a.street_epochs is None and not a.minutes:
         a.street_epochs = 20
-    if a.street_copies is None:
-        a.street_copies = 2 if a.recipe == "cpu" else 4
+    if a.street_copies is None:  # without augmentation every further copy would be the plain one again
+        a.street_copies = 1 if a.no_augment else 2 if a.recipe == "cpu" else 4
     for name in ("batch_size", "street_copies", "val_every", "street_epochs"):
         if getattr(a, name) is not None and getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if a.no_augment and a.street_copies > 1:
+        p.error("--street-copies > 1 needs augmentation: with --no-augment every copy is the plain photo")
     if a.epochs is not None and a.epochs < 1:
         p.error("--epochs must be >= 1")
     if a.minutes is not None and a.minutes <= 0:

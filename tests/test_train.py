@@ -316,3 +316,12 @@ def test_colour_jitter_and_hue_jitter_reach_the_batched_augmentation():
     assert batched_augment(parse_args(["w", "--out", "o", "--no-augment"])) is None
     with pytest.raises(SystemExit):
         parse_args(["w", "--out", "o", "--colour-jitter", "1.5"])
+
+
+def test_without_augmentation_the_zoom_phase_caches_one_plain_copy_per_photo():
+    from jzi.export.train import parse_args
+
+    assert parse_args(["w", "--out", "o", "--recipe", "cpu"]).street_copies == 2
+    assert parse_args(["w", "--out", "o", "--recipe", "cpu", "--no-augment"]).street_copies == 1
+    with pytest.raises(SystemExit):  # every further copy would be the plain photo again
+        parse_args(["w", "--out", "o", "--no-augment", "--street-copies", "2"])
