@@ -8,8 +8,8 @@ Recipe: cross-entropy with label smoothing over all steps, teacher forcing (view
 path), AdamW, linear warm-up then cosine to 10 % of the peak, gradient clipping, fp16 autocast on
 CUDA, DDP under torchrun. Checkpoints (the authors' layout, see checkpoint.py): ``last.pt`` every
 epoch (with optimizer state, for ``--resume``), ``epoch_N.pt`` every ``--save-every`` epochs, and
-``best.pt`` by validation R@40m (ties broken by R@100m, then median error). ``history.json`` holds
-the learning curve.
+``best.pt`` by the mean of validation R@40/50/100m (ties broken by median error). ``history.json``
+holds the learning curve.
 
 Recipes (``--recipe``): ``authors`` (the default) is the authors' loader, albumentations per sample
 in DataLoader workers, end to end. ``memory`` is the same loss end to end on the fast path for small
@@ -21,6 +21,11 @@ phase, then the zoom decoder on the frozen encoder (``train_cpu_recipe``).
 once (plus ``--street-copies - 1`` augmented copies of each), and trains the decoder from those
 cached embeddings: many epochs per minute on a CPU. ``--minutes`` stops on a time budget and
 stretches the learning-rate schedule over it.
+
+``--last-step-spread SIGMA`` (the cpu recipe's default 1.0; 0 is the authors' one-hot target) spreads
+the last step's target over the cells around the true one (a Gaussian of SIGMA cells on the 4x4 grid):
+where the finest cell cannot be told, the decoder learns to answer near the likely cells instead of
+an arbitrary one (``spread_targets``). The model and the zoom loop stay the paper's.
 """
 from __future__ import annotations
 
@@ -55,6 +60,24 @@ def lr_factor(progress: float, warmup: float = 0.05, floor: float = 0.1) -> floa
         return (progress + 1e-3) / (warmup + 1e-3)
     t = (progress - warmup) / max(1.0 - warmup, 1e-9)
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def spread_targets(grid: int, sigma: float) -> torch.Tensor:
+    """[A, A]: row t is the last step's target when cell t is true, a Gaussian of ``sigma`` cells around it."""
+    rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+    cells = torch.stack([rows, cols], -1).reshape(-1, 2).float()
+    return torch.softmax(-((cells[:, None] - cells[None]) ** 2).sum(-1) / (2 * sigma**2), 1)
+
+
+def zoom_loss(logits, actions, label_smoothing: float, last_target: torch.Tensor | None = None):
+    """Label-smoothed cross-entropy over every step [B, S, A]; ``last_target`` [A, A] (``spread_targets``) replaces
+    the last step's one-hot target."""
+    logits = logits.float()
+    if last_target is None:
+        return F.cross_entropy(logits.flatten(0, 1), actions.flatten(), label_smoothing=label_smoothing)
+    target = F.one_hot(actions, logits.shape[-1]).float()
+    target[:, -1] = last_target.to(logits.device)[actions[:, -1]]
+    return F.cross_entropy(logits.flatten(0, 1), target.flatten(0, 1), label_smoothing=label_smoothing)
 
 
 def dataset_region(root, image_size: int) -> Region:
@@ -275,6 +298,9 @@ class Run:
         # a timed street phase leaves the zoom phase the time to cache its embeddings (see budget_s)
         self.cache_photos = cache_photos(len(self.train_records), a.street_copies, len(self.val_records),
                                          cfg.zoom.total_views) if self.phase == "street" and a.minutes else 0
+        # the street phase's heads keep one-hot targets: the spread is for the decoder's answer
+        spread = a.last_step_spread if self.phase != "street" else 0
+        self.last_target = spread_targets(cfg.zoom.grid, spread) if spread else None
         wants_aux = self.phase == "street" or (a.recipe == "memory" and a.aux_weight > 0)
         self.aux = aux_heads(cfg).to(self.device) if wants_aux and not a.frozen_encoder else None
         params = [p for p in (self.model.decoder if a.frozen_encoder else self.model).parameters() if p.requires_grad]
@@ -362,7 +388,7 @@ class Run:
         return float(loss.detach())
 
     def ce(self, logits, actions):
-        return F.cross_entropy(logits.float().flatten(0, 1), actions.flatten(), label_smoothing=self.a.label_smoothing)
+        return zoom_loss(logits, actions, self.a.label_smoothing, self.last_target)
 
     # -- the loop --
     def fit(self) -> dict:
@@ -655,6 +681,10 @@ def parse_args(argv=None):
     p.add_argument("--colour-jitter", type=float, default=0.2,
                    help="--recipe memory/cpu: brightness, contrast and saturation jitter strength of street photos "
                    "(default %(default)s, the authors')")
+    p.add_argument("--last-step-spread", type=float, metavar="SIGMA",
+                   help="spread the last step's target over the cells around the true one (a Gaussian of SIGMA "
+                   "cells): an uncertain finest step answers near the likely cells (default 1.0 for --recipe cpu, "
+                   "else 0: the authors' one-hot target)")
     p.add_argument("--aux-weight", type=float, default=0.0,
                    help="--recipe memory: weight of an auxiliary loss that predicts every step's action from the street "
                    "embedding alone (training-only heads; default %(default)s: the authors' loss only)")
@@ -690,6 +720,10 @@ def parse_args(argv=None):
     a = p.parse_args(argv)
     if a.lr is None:
         a.lr = 1e-3 if a.recipe == "cpu" else 3e-4
+    if a.last_step_spread is None:
+        a.last_step_spread = 1.0 if a.recipe == "cpu" else 0.0
+    if a.last_step_spread < 0:
+        p.error("--last-step-spread must be >= 0")
     if a.street_epochs is None and not a.minutes:
         a.street_epochs = 20
     if a.street_copies is None:  # without augmentation every further copy would be the plain one again

@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from helpers import run_main
 
 from jzi.export.checkpoint import load_checkpoint, read_torch_file, save_checkpoint
@@ -325,3 +326,52 @@ def test_without_augmentation_the_zoom_phase_caches_one_plain_copy_per_photo():
     assert parse_args(["w", "--out", "o", "--recipe", "cpu", "--no-augment"]).street_copies == 1
     with pytest.raises(SystemExit):  # every further copy would be the plain photo again
         parse_args(["w", "--out", "o", "--no-augment", "--street-copies", "2"])
+
+
+def test_spread_targets_centre_on_the_true_cell_and_fall_off_with_distance():
+    from jzi.export.train import spread_targets
+
+    t = spread_targets(4, 1.0)
+    assert t.shape == (16, 16) and torch.allclose(t.sum(1), torch.ones(16))
+    assert torch.equal(t.argmax(1), torch.arange(16))
+    assert t[0, 0] > t[5, 5]  # a corner cell has fewer neighbours to share its target with
+    assert t[5, 6] > t[5, 7] > t[5, 3]  # one cell east > two cells east > two east and one north
+    assert torch.allclose(spread_targets(4, 0.05), torch.eye(16), atol=1e-6)
+
+
+def test_zoom_loss_spreads_only_the_last_step_and_leans_an_uninformed_answer_to_the_centre():
+    from jzi.export.train import spread_targets, zoom_loss
+
+    torch.manual_seed(0)
+    logits, actions = torch.randn(5, 4, 16), torch.randint(0, 16, (5, 4))
+    plain = F.cross_entropy(logits.flatten(0, 1), actions.flatten(), label_smoothing=0.1)
+    assert torch.allclose(zoom_loss(logits, actions, 0.1), plain)
+    spread = spread_targets(4, 1.0)
+    target = F.one_hot(actions, 16).float()
+    target[:, -1] = spread[actions[:, -1]]
+    target = 0.9 * target + 0.1 / 16
+    expected = -(target * logits.log_softmax(-1)).sum(-1).mean()
+    assert torch.allclose(zoom_loss(logits, actions, 0.1, spread), expected)
+    # a last step that sees nothing useful: the best answer for a true cell drawn uniformly is what the
+    # loss's optimum puts first; one-hot targets leave every cell equal, spread targets favour the 4 inner cells
+    free = torch.zeros(16, requires_grad=True)
+    opt = torch.optim.SGD([free], lr=1.0)
+    every_cell = torch.arange(16)
+    for _ in range(300):
+        loss = zoom_loss(free.expand(16, 1, 16), every_cell[:, None], 0.0, spread)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    p = free.detach().softmax(0)
+    inner, corners = [5, 6, 9, 10], [0, 3, 12, 15]
+    assert p[inner].min() > p[[1, 2, 4, 7, 8, 11, 13, 14]].max() > p[corners].max()
+
+
+def test_the_cpu_recipe_spreads_the_last_step_by_default_and_the_authors_recipe_does_not():
+    from jzi.export.train import parse_args
+
+    assert parse_args(["w", "--out", "o", "--recipe", "cpu"]).last_step_spread == 1.0
+    assert parse_args(["w", "--out", "o"]).last_step_spread == 0.0
+    assert parse_args(["w", "--out", "o", "--recipe", "cpu", "--last-step-spread", "0"]).last_step_spread == 0.0
+    with pytest.raises(SystemExit):
+        parse_args(["w", "--out", "o", "--last-step-spread", "-1"])
