@@ -182,8 +182,8 @@ def add_blockwise(index, n: int, d: int, queries: np.ndarray, found: tuple[np.nd
     """Make the random database of n cells block by block from block ``start``, add each block to ``index``
     and search it exhaustively for ``queries``, keeping each query's best (row, score) so far in ``found``
     (the ground truth once every block is in). Stops after the block that passes ``deadline``
-    (``time.perf_counter()``), or after the first; returns the next block to add and the seconds spent making rows, adding and
-    searching."""
+    (``time.perf_counter()``), or after the first; returns the next block to add and the seconds spent
+    making rows, adding and searching."""
     from .retrieval import RANDOM_BLOCK, FlatIndex, random_block
 
     truth, best = found
@@ -249,7 +249,8 @@ class AnnBuild:
         progress = json.loads(saved.read_text())
         if (progress.get("method"), progress.get("cells"), progress.get("dim")) != (self.method, self.n, self.d):
             raise SystemExit(f"jzi-bench: error: {self.state} holds the {progress.get('method')} build of "
-                             f"{progress.get('cells')} x {progress.get('dim')}, not of {self.method}, {self.n} x {self.d}")
+                             f"{progress.get('cells')} x {progress.get('dim')}, "
+                             f"not of {self.method}, {self.n} x {self.d}")
         t0 = time.perf_counter()
         self.index = faiss.read_index(str(self.state / progress["index"]))
         for name in self.ARRAYS:
@@ -329,8 +330,9 @@ def ann_figures(method: str, n: int, d: int, threads: int, state: str | None = N
     _set_search(build.index, method, values[0])
     params = ({"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION, "efSearch": HNSW_EF_SEARCH} if method == "hnsw"
               else {"nlist": int(build.index.nlist), "pq_bytes": int(build.index.pq.M), "nprobe": IVF_NPROBE})
+    index_bytes = (build.state / p["index"]).stat().st_size if state else _index_bytes(build.index)
     return {"method": method, "cells": n, "threads": threads, "build_s": p["train_s"] + p["add_s"],
-            "train_s": p["train_s"], "add_s": p["add_s"], "index_bytes": (build.state / p["index"]).stat().st_size if state else _index_bytes(build.index), **sweep[0],
+            "train_s": p["train_s"], "add_s": p["add_s"], "index_bytes": index_bytes, **sweep[0],
             "sweep": sweep, "queries": len(build.queries), "params": params,
             # outside the build: making the random rows, the exhaustive ground truth (all queries at once), and
             # saving/loading between sittings
