@@ -41,7 +41,7 @@ $(STAMP): pyproject.toml $(VENV_CFG)
 	else \
 	  $(PY) -m pip install $(PIP_FLAGS) torch==$(TORCH_VERSION); \
 	fi
-	$(PY) -m pip install $(PIP_FLAGS) -e ".[torch,geo,dev,ray]"
+	$(PY) -m pip install $(PIP_FLAGS) -e ".[torch,geo,dev,ray,bench]"
 	@touch $(STAMP)
 
 install: $(STAMP)

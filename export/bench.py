@@ -2,6 +2,7 @@
 
     jzi-bench latency    per-stage latency and p50/p90/p99 per preset and backend (ORT fp32/int8, PyTorch eager)
     jzi-bench decoder    the zoom loop alone with the fp32 and the int8 decoder, side by side (step ms, loop's own work)
+    jzi-bench query      whole queries with the fp32, int8 and int8 + int8-decoder bundles, side by side
     jzi-bench reference  jzi against the authors' pipeline (render + encode every view, no KV cache), same queries
     jzi-bench kvcache    the decoder loop with the KV cache against full recompute, at 4 and 8 steps
     jzi-bench scale      latency and peak memory against region size (4/5/6 steps at 39 m cells) next to flat
@@ -37,6 +38,7 @@ PRESET_CHOICES = ("tiny", "small", "official")
 SUITES = {
     "latency": "bench_latency:suite_latency",
     "decoder": "bench_latency:suite_decoder",
+    "query": "bench_latency:suite_query",
     "reference": "bench_reference:suite_reference",
     "kvcache": "bench_kvcache:suite_kvcache",
     "scale": "bench_scale:suite_scale",
@@ -146,7 +148,7 @@ def parse_args(argv=None):
     p.add_argument("--source", help="imagery for the reference suite (XYZ folder / layout.yaml / GeoTIFF)")
     p.add_argument("--data", help="a dataset root in the authors' format (accuracy suite; e.g. from jzi-synth)")
     p.add_argument("--minutes", type=float, default=10.0, help="training budget of the InfoNCE baseline (default 10)")
-    p.add_argument("--tiles", help="tile store built from --source (reference suite; default: random embeddings)")
+    p.add_argument("--tiles", help="tile store built from --source (reference and query suites; default: random embeddings)")
     p.add_argument("--queries", type=int, default=20, help="queries per configuration (default 20)")
     p.add_argument("--repeats", type=int, default=20, help="repeats for micro-benchmarks (default 20)")
     p.add_argument("--build-batch", type=int, default=16, help="views per batch for the build-rate figure")
@@ -162,6 +164,11 @@ def parse_args(argv=None):
                    help="throughput suite: side-by-side rounds, each a whole build or folder (default 3)")
     p.add_argument("--ann-steps", type=int, nargs="+", metavar="S",
                    help="retrieval suite: region sizes as zoom steps (default 4 5 6 = 10/40/160 km)")
+    p.add_argument("--ann-state", metavar="DIR",
+                   help="scale/retrieval suites: keep each FAISS build's progress in DIR, so a build that "
+                        "stops (--ann-budget) goes on where it stopped when the same command runs again")
+    p.add_argument("--ann-budget", type=float, metavar="MIN",
+                   help="with --ann-state: stop each FAISS build after about MIN minutes (it saves itself)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="compute threads (default: all cores)")
     p.add_argument("--workdir", default="bench-out", help="where artifacts are cached (default bench-out/)")
     p.add_argument("--json", metavar="FILE", help="write all figures as JSON")
@@ -172,6 +179,8 @@ def parse_args(argv=None):
     args.presets = args.presets or ["tiny"]
     args.throughput = args.throughput or ["build", "run"]
     args.precisions = args.precisions or ["fp32", "int8"]
+    if args.ann_budget is not None and not args.ann_state:
+        p.error("--ann-budget needs --ann-state DIR (where the build keeps its progress)")
     unknown = [s for s in args.suites if s not in SUITES]
     if unknown:
         p.error(f"unknown suite {unknown[0]!r}; choose from {', '.join(SUITES)}")

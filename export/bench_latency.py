@@ -140,3 +140,31 @@ def suite_decoder(args, wd: Workdir) -> list[dict]:
             row[f"{name} loop_own_ms median"] = float(np.median([r["loop_own_ms"] for r in c["runs"]]))
         rows.append(row)
     return rows
+
+
+def suite_query(args, wd: Workdir) -> list[dict]:
+    """Whole queries (JPEG to answer) with the fp32, int8 and int8 + int8-decoder bundles, side by side in
+    separate processes: p50 and per-stage medians of each, and each one's time over fp32's per round."""
+    from .bench_harness import side_by_side
+    from .bench_reference import JZI_CONFIGS, jzi_contender
+
+    rows = []
+    for preset in args.presets:
+        ckpt = Path(args.checkpoint) if args.checkpoint else wd.checkpoint(preset)
+        store = Path(args.tiles) if args.tiles else wd.random_store(wd.bundle(ckpt, "fp32"))
+        photos = wd.photos(args.queries)
+        contenders = {label: jzi_contender(wd.bundle(ckpt, precision, dec), store, photos, args.threads)
+                      for label, precision, dec in JZI_CONFIGS}
+        baseline = JZI_CONFIGS[0][0]
+        res = side_by_side(contenders, rounds=args.queries, baseline=baseline, threads=args.threads, log=wd.log)
+        row = {"preset": preset, "queries": args.queries, "load": res["load"]}
+        for name, c in res["contenders"].items():
+            runs = c["runs"]
+            row[f"{name} p50_ms"] = c["p50_ms"]
+            row[f"{name} p90_ms"] = c["p90_ms"]
+            row[f"{name} encoder_ms median"] = float(np.median([r["encoder_ms"] for r in runs]))
+            row[f"{name} zoom_ms median"] = float(np.median([r["zoom_ms"] for r in runs]))
+            if name != baseline:
+                row[f"{name} / {baseline}"] = res["ratios"][name]
+        rows.append(row)
+    return rows

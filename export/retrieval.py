@@ -49,15 +49,25 @@ class FlatIndex:
         return self.region.path_center(paths)
 
 
+RANDOM_BLOCK = 1 << 16  # rows per seeded block of a random database
+
+
+def random_block(n: int, d: int, block: int, seed: int = 0) -> np.ndarray:
+    """Rows ``block * RANDOM_BLOCK`` onwards (at most RANDOM_BLOCK, at most up to n) of the random database
+    ``random_database(n, d, seed)``: each block has its own seed, so any part can be made on its own (a database
+    larger than memory is then read block by block, in any order, and is the same every time)."""
+    rows = min(RANDOM_BLOCK, n - block * RANDOM_BLOCK)
+    x = np.random.default_rng([seed, block]).standard_normal((rows, d), dtype=np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x
+
+
 def random_database(n: int, d: int, seed: int = 0, dtype=np.float32) -> tuple[np.ndarray, float]:
     """A database of n random unit embeddings, and the seconds it took to make (the scale benchmark)."""
     t0 = time.perf_counter()
-    rng = np.random.default_rng(seed)
     db = np.empty((n, d), dtype=dtype)
-    step = 1 << 16
-    for s in range(0, n, step):
-        block = rng.standard_normal((min(step, n - s), d), dtype=np.float32)
-        db[s:s + step] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    for b in range(-(-n // RANDOM_BLOCK)):
+        db[b * RANDOM_BLOCK:(b + 1) * RANDOM_BLOCK] = random_block(n, d, b, seed)
     return db, time.perf_counter() - t0
 
 

@@ -58,3 +58,23 @@ def test_throughput_suite_asks_for_imagery_for_its_build_half(tmp_path):
     res = subprocess.run([sys.executable, "-m", "jzi.export.bench", "throughput", "--throughput", "build",
                           "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert res.returncode == 1 and "needs --source IMAGERY" in res.stderr and not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_decoder_and_query_suites_side_by_side(tmp_path):
+    out = tmp_path / "r.json"
+    res = run_main("jzi.export.bench", "decoder", "query", "--preset", "tiny", "--repeats", "2", "--queries", "2",
+                   "--threads", "1", "--workdir", tmp_path / "w", "--json", out)
+    assert res.returncode == 0, res.stderr
+    data = json.loads(out.read_text())
+    (dec,) = data["decoder"]
+    assert dec["rounds"] == 2 and dec["int8 / fp32 zoom time"]["pairs"] == 2
+    for name in ("fp32 decoder", "int8 decoder"):
+        assert dec[f"{name} zoom_ms p50"] > 0 and len(dec[f"{name} step_ms median"]) == 4
+        assert 0 <= dec[f"{name} loop_own_ms median"] < dec[f"{name} zoom_ms p50"]
+    (query,) = data["query"]
+    assert query["queries"] == 2 and set(query["load"]) == {"before", "after"}
+    for name in ("jzi fp32", "jzi int8", "jzi int8 + int8 decoder"):
+        assert query[f"{name} p50_ms"] >= query[f"{name} encoder_ms median"] > 0
+    for name in ("jzi int8", "jzi int8 + int8 decoder"):
+        assert query[f"{name} / jzi fp32"]["pairs"] == 2 and query[f"{name} / jzi fp32"]["median"] > 0

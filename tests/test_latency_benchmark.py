@@ -1,7 +1,7 @@
 """The latency suite as pytest-benchmark tests, so that runs can be compared with each other:
 
-    python -m pytest tests/test_latency_benchmark.py -m slow --benchmark-json latency.json
-    python -m pytest tests/test_latency_benchmark.py -m slow --benchmark-compare   # against the last saved run
+    python -m pytest tests/test_latency_benchmark.py -m slow --benchmark-autosave --benchmark-json latency.json
+    python -m pytest tests/test_latency_benchmark.py -m slow --benchmark-compare   # against the last autosaved run
 
 Tiny random-weight model (the runtime tests' fixtures), ONNX Runtime CPU, 1 thread. Each benchmark also
 asserts the answer, so a fast wrong result cannot pass. Marked ``slow``: timing is not for the default suite.
