@@ -11,7 +11,13 @@ other work hits both alike; medians over rounds):
   street embedding, and in full queries of 480x960 JPEGs (``total - encoder - decoder - read - preprocess``);
 - start: process start to the first answer line of ``jzi-run`` and ``jzi-run-native`` on one photo;
 - memory: peak resident memory of each program, from a small launcher so that the figure is the
-  program's own (ru_maxrss after wait4).
+  program's own (ru_maxrss after wait4);
+- stages: where each runtime's start to first answer goes, stage by stage, each round a fresh process per
+  runtime: the process's own start (``python -c pass`` and the imports ``jzi-run`` needs, against
+  ``jzi-run-native --help``: the dynamic loader and exit), the manifest with the graphs' sha256, the tile
+  store, ONNX Runtime's environment and sessions (the Localizer built without the hash), and the first
+  query's own timings (read, preprocess, encoder, decoder). The ONNX Runtime stages are the same library
+  doing the same work in both, which bounds the start-up ratio from below.
 
 ``--native NAME=PATH`` (repeatable) runs these builds of ``jzi-run-native`` (an older commit, an opt-in
 CMake option) in place of ``jzi.native``'s; every program must print the same first answer (``same_answer``).
@@ -43,6 +49,30 @@ _, status, ru = os.wait4(p.pid, 0)
 p.returncode = os.waitstatus_to_exitcode(status)
 print(json.dumps({"first_answer_s": t_first, "wall_s": time.perf_counter() - t0, "peak_rss_mb": ru.ru_maxrss / 1024,
                   "rc": p.returncode, "first_line": first.decode(errors="replace").strip()}))
+"""
+
+
+# One runtime's start-up stages, in a fresh process (argv: kind bundle store photo threads); milliseconds.
+STAGES = r"""
+import json, sys, time
+t0 = time.perf_counter()
+kind, bundle, store, photo, threads = sys.argv[1:6]
+if kind == "python":
+    from jzi.runtime.bundle import load_manifest
+    from jzi.runtime.localizer import Localizer
+    from jzi.runtime.tiles import TileStore
+else:
+    from jzi.native import Localizer, TileStore, load_manifest
+ms = lambda a, b: (b - a) * 1e3
+t1 = time.perf_counter(); load_manifest(bundle, verify=True)
+t2 = time.perf_counter(); TileStore(store)
+t3 = time.perf_counter(); loc = Localizer(bundle, store, backend="ort-cpu", threads=int(threads), verify_bundle=False)
+t4 = time.perf_counter(); r = loc.localize(photo)
+t5 = time.perf_counter()
+rec = {"imports_ms": ms(t0, t1), "manifest_sha256_ms": ms(t1, t2), "tile_store_ms": ms(t2, t3), "env_sessions_ms": ms(t3, t4),
+       "first_query_ms": ms(t4, t5)}
+rec.update({f"query_{k}": v for k, v in r.timings.items() if k in ("read_ms", "preprocess_ms", "encoder_ms", "decoder_ms")})
+print(json.dumps(rec))
 """
 
 
@@ -100,7 +130,7 @@ def medians(records: list[dict]) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("sections", nargs="*", help="overhead, start, memory (all three by default)")
+    ap.add_argument("sections", nargs="*", help="overhead, start, memory (these three by default), stages")
     ap.add_argument("--work", type=Path, default=Path("bench-out"))
     ap.add_argument("--tiny-bundle", help="a small bundle (e.g. make demo's) for a start-up figure the encoder does not dominate")
     ap.add_argument("--tiny-store")
@@ -114,7 +144,7 @@ def main(argv=None) -> int:
     ap.add_argument("--worker", nargs=2, metavar=("KIND", "BUNDLE_STORE"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     a.sections = a.sections or ["overhead", "start", "memory"]
-    if set(a.sections) - {"overhead", "start", "memory"}:
+    if set(a.sections) - {"overhead", "start", "memory", "stages"}:
         ap.error(f"unknown sections {a.sections}")
     from jzi.export.bench_workdir import Workdir
 
@@ -169,6 +199,25 @@ def main(argv=None) -> int:
         report["official_cli"] = cli_runs(bundle, store)
     if "start" in a.sections and a.tiny_bundle:
         report["tiny_cli"] = cli_runs(a.tiny_bundle, a.tiny_store)
+
+    def stage_runs(b, s):
+        def worker(kind):
+            def go():
+                cmd = [sys.executable, "-c", STAGES, kind, str(b), str(s), photos[0], str(a.threads)]
+                out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+                return json.loads(out.stdout.strip().splitlines()[-1])
+            return go
+        rec = alternate(a.rounds, {
+            "python_start_ms": lambda: {"ms": launch([sys.executable, "-c", "pass"])["wall_s"] * 1e3},
+            "native_help_ms": lambda: {"ms": launch([native_cli, "--help"])["wall_s"] * 1e3},
+            "python": worker("python"), "native": worker("native")})
+        return {name: medians(v) for name, v in rec.items()}
+
+    if "stages" in a.sections:
+        if not a.no_official:
+            report["official_stages"] = stage_runs(bundle, store)
+        if a.tiny_bundle:
+            report["tiny_stages"] = stage_runs(a.tiny_bundle, a.tiny_store)
     report["load_after"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(report, indent=1))
     return 0
