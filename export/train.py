@@ -759,16 +759,19 @@ def test_checkpoint(path, a, log=print) -> dict:
 ZOOM_SHARE, ZOOM_MAX_MINUTES = 0.2, 3.0
 
 
-def _street_phase_finished(last: Path, street) -> bool:
-    """Whether the street phase's ``last.pt`` has run its epochs or spent its minutes."""
+def _finished_street_state(last: Path, street) -> dict | None:
+    """The training state in the street phase's ``last.pt`` if that phase has run its epochs or spent its
+    minutes, else None."""
     if not last.is_file():
-        return False
+        return None
     state = read_torch_file(last).get("train_state", {})
     if state.get("finished") == {"epochs": street.epochs, "minutes": street.minutes}:
-        return True  # e.g. stopped early to leave the zoom phase its caching time (Run.budget_s)
+        return state  # e.g. stopped early to leave the zoom phase its caching time (Run.budget_s)
     if street.epochs is not None and state.get("epoch", 0) >= street.epochs:
-        return True
-    return bool(street.minutes) and state.get("elapsed_s", 0.0) >= 60 * street.minutes
+        return state
+    if street.minutes and state.get("elapsed_s", 0.0) >= 60 * street.minutes:
+        return state
+    return None
 
 
 def train_cpu_recipe(a, dist: Distributed) -> None:
@@ -789,9 +792,8 @@ def train_cpu_recipe(a, dist: Distributed) -> None:
                                    "minutes": budget - zoom_minutes if budget else None, "views_cache_dir": str(out),
                                    "frozen_encoder": False, "save_every": 0})
     done = out / "encoder" / "last.pt"
-    if a.resume and _street_phase_finished(done, street):
-        street_state = read_torch_file(done).get("train_state", {})
-    else:
+    street_state = _finished_street_state(done, street) if a.resume else None
+    if street_state is None:
         street_state = Run(street, dist).fit()
     dist.barrier()
     if budget:  # the zoom phase (caching included) gets what the street phase left of the whole budget

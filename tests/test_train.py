@@ -269,23 +269,23 @@ def test_cpu_recipe_budget_splits_minutes_and_does_not_cap_street_epochs(tmp_pat
     its own word."""
     from argparse import Namespace
 
-    from jzi.export.train import _street_phase_finished, parse_args
+    from jzi.export.train import _finished_street_state, parse_args
 
     assert parse_args(["w", "--out", "o", "--recipe", "cpu", "--minutes", "60"]).street_epochs is None
     assert parse_args(["w", "--out", "o", "--recipe", "cpu"]).street_epochs == 20
     last = tmp_path / "last.pt"
-    assert not _street_phase_finished(last, Namespace(epochs=None, minutes=57.0))
+    assert not _finished_street_state(last, Namespace(epochs=None, minutes=57.0))
     torch.save({"epoch": 40, "train_state": {"epoch": 40, "elapsed_s": 1200.0}}, last)
-    assert not _street_phase_finished(last, Namespace(epochs=None, minutes=57.0))  # 20 of 57 minutes
-    assert _street_phase_finished(last, Namespace(epochs=None, minutes=20.0))
-    assert _street_phase_finished(last, Namespace(epochs=40, minutes=None))
-    assert not _street_phase_finished(last, Namespace(epochs=41, minutes=None))
+    assert not _finished_street_state(last, Namespace(epochs=None, minutes=57.0))  # 20 of 57 minutes
+    assert _finished_street_state(last, Namespace(epochs=None, minutes=20.0))
+    assert _finished_street_state(last, Namespace(epochs=40, minutes=None))
+    assert not _finished_street_state(last, Namespace(epochs=41, minutes=None))
     # a phase that stopped early to leave the zoom phase its caching time says so itself, for the budget it had
     done = {"epochs": None, "minutes": 57.0}
     torch.save({"epoch": 40, "train_state": {"epoch": 40, "elapsed_s": 1200.0, "finished": done}}, last)
-    assert _street_phase_finished(last, Namespace(epochs=None, minutes=57.0))
-    assert not _street_phase_finished(last, Namespace(epochs=None, minutes=90.0))  # resumed with a larger budget
-    assert not _street_phase_finished(last, Namespace(epochs=41, minutes=None))
+    assert _finished_street_state(last, Namespace(epochs=None, minutes=57.0))
+    assert not _finished_street_state(last, Namespace(epochs=None, minutes=90.0))  # resumed with a larger budget
+    assert not _finished_street_state(last, Namespace(epochs=41, minutes=None))
 
 
 def test_street_phase_reserves_the_zoom_phases_caching_time_from_its_own_rate():
