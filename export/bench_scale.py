@@ -184,11 +184,11 @@ def add_blockwise(index, n: int, d: int, queries: np.ndarray, found: tuple[np.nd
     (the ground truth once every block is in). Stops after the block that passes ``deadline``
     (``time.perf_counter()``), or after the first; returns the next block to add and the seconds spent
     making rows, adding and searching."""
-    from .retrieval import RANDOM_BLOCK, FlatIndex, random_block
+    from .retrieval import RANDOM_BLOCK, FlatIndex, random_block, random_blocks
 
     truth, best = found
     times = {"make_s": 0.0, "add_s": 0.0, "truth_s": 0.0}
-    blocks = -(-n // RANDOM_BLOCK)
+    blocks = random_blocks(n)
     b = start
     while b < blocks and (b == start or time.perf_counter() < deadline):  # at least one block a sitting
         if log and b > start and b % 16 == 0:  # large sizes run for tens of minutes: say where they are
@@ -297,7 +297,7 @@ def ann_figures(method: str, n: int, d: int, threads: int, state: str | None = N
         import faiss
     except ImportError:
         return {"skipped": "faiss-cpu is not installed (pip install jzi[bench])"}
-    from .retrieval import RANDOM_BLOCK
+    from .retrieval import random_blocks
 
     faiss.omp_set_num_threads(threads)
     deadline = time.perf_counter() + budget_s
@@ -316,7 +316,7 @@ def ann_figures(method: str, n: int, d: int, threads: int, state: str | None = N
         p["peak_rss_mb"] = max(p["peak_rss_mb"], peak_rss_mb())
         if state:
             build.save()  # a finished build is kept too: the same call then re-measures its search
-    blocks = -(-n // RANDOM_BLOCK)
+    blocks = random_blocks(n)
     if p["next_block"] < blocks:
         return {"method": method, "cells": n, "in_progress": f"{p['next_block']}/{blocks} blocks added in "
                 f"{p['sittings']} sitting(s); the same command goes on from {state}", "progress": p}

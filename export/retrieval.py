@@ -52,6 +52,11 @@ class FlatIndex:
 RANDOM_BLOCK = 1 << 16  # rows per seeded block of a random database
 
 
+def random_blocks(n: int) -> int:
+    """How many seeded blocks make the random database of n rows."""
+    return -(-n // RANDOM_BLOCK)
+
+
 def random_block(n: int, d: int, block: int, seed: int = 0) -> np.ndarray:
     """Rows ``block * RANDOM_BLOCK`` onwards (at most RANDOM_BLOCK, at most up to n) of the random database
     ``random_database(n, d, seed)``: each block has its own seed, so any part can be made on its own (a database
@@ -66,7 +71,7 @@ def random_database(n: int, d: int, seed: int = 0, dtype=np.float32) -> tuple[np
     """A database of n random unit embeddings, and the seconds it took to make (the scale benchmark)."""
     t0 = time.perf_counter()
     db = np.empty((n, d), dtype=dtype)
-    for b in range(-(-n // RANDOM_BLOCK)):
+    for b in range(random_blocks(n)):
         db[b * RANDOM_BLOCK:(b + 1) * RANDOM_BLOCK] = random_block(n, d, b, seed)
     return db, time.perf_counter() - t0
 
