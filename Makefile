@@ -3,6 +3,7 @@
 # make keeps its own virtual environment in .venv/ (Debian's and Ubuntu's system Python refuse
 # pip installs), made from $(PYTHON) and installed into once; the install stamp lives inside it.
 #   make test ARGS="-m slow -k export"     extra pytest arguments
+#   make test TEST_WORKERS=4               pytest-xdist workers (2: one per core of a 2-core machine)
 #   make PY=/path/to/python ...            use an environment of your own instead (e.g. one with a CUDA torch)
 #   make TORCH_INDEX_URL=...               where pip gets torch from (README: the CPU wheel index for CPU machines)
 PYTHON ?= python3
@@ -12,6 +13,8 @@ TORCH_VERSION ?= 2.13.0
 TORCH_INDEX_URL ?=
 PIP_FLAGS ?= -q
 ARGS ?=
+TEST_WORKERS ?= 2
+PYTEST = $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 ifeq ($(origin PY),undefined)
 PY := $(VENV)/bin/python
@@ -50,7 +53,7 @@ demo: $(STAMP)
 	$(PY) -m jzi.export.demo $(ARGS)
 
 test: $(STAMP) native
-	$(PY) -m pytest -q $(ARGS)
+	$(PYTEST) $(ARGS)
 
 # The C++ runtime (cpp_bindings/): system packages, ONNX Runtime's headers, CMake build, ctest, and the
 # Python module jzi.native installed into $(PY) (its parity tests then run with the rest).
@@ -69,7 +72,7 @@ native: $(STAMP) native-deps
 
 # everything: slow tests too (gpu tests skip themselves without a GPU)
 test-all: $(STAMP) native
-	$(PY) -m pytest -q -m "slow or not slow" $(ARGS)
+	$(PYTEST) -m "slow or not slow" $(ARGS)
 
 clean:
 	rm -rf demo-out .pytest_cache .jzi-installed .jzi-installed-* build

@@ -1,7 +1,7 @@
 """Artifacts shared by the whole test session, each built once: the seed-0 tiny checkpoint, one bundle
 per precision, the GeoTIFF and the tile stores built from it (builders in runtime_fixtures.py, cached
-under pytest's session temp directory), and one local Ray. Tests only read them; one that needs to
-change an artifact copies it first."""
+under pytest's session temp directory, shared by pytest-xdist's workers), and one local Ray. Tests only
+read them; one that needs to change an artifact copies it first."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,3 +31,12 @@ def local_ray():
     yield ray
     ray.shutdown()
 
+
+# The longest items start first: with pytest-xdist's workers (make test) no worker is then left alone with
+# one of them at the end while the other idles. Ray's tests stay on one worker with one Ray (xdist_group).
+LONGEST_FIRST = ("test_localizes.py", "test_ray_jobs.py", "test_train.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FIRST)))  # stable: the rest keep their order

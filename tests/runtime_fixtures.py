@@ -2,11 +2,14 @@
 over the default region, an fp32 tile store built from it (and its fp16 twin), and query photos.
 
 Each builder writes under pytest's session base temp directory and reuses what is already there,
-so the test modules that import these fixtures pay for each artefact once per session.
+so the test modules that import these fixtures pay for each artefact once per session. Under pytest-xdist
+(``make test`` runs two workers) the workers share that directory: the first to need an artefact builds it
+while holding its file lock, the others wait for it and reuse it.
 """
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 from unittest import mock
 
@@ -32,6 +35,25 @@ def _smooth_noise(rng, px: int) -> np.ndarray:
     return (255 * img / img.max()).astype(np.uint8)
 
 
+def shared_base(tmp_path_factory) -> Path:
+    """The directory of the session's shared artefacts: the run's, not one xdist worker's."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the workers' base temp directories are siblings in the run's own
+    base = base / "jzi_runtime"
+    base.mkdir(exist_ok=True)
+    return base
+
+
+@contextlib.contextmanager
+def built_once(out: Path):
+    """Held while an artefact is looked for and built: another xdist worker waits instead of building it too."""
+    from filelock import FileLock
+
+    with FileLock(f"{out}.lock"):
+        yield
+
+
 def make_checkpoint(path: Path) -> Path:
     import torch
 
@@ -39,32 +61,34 @@ def make_checkpoint(path: Path) -> Path:
     from jzi.export.config import get_preset
     from jzi.export.model import JustZoomIn
 
-    if not path.exists():
-        torch.manual_seed(SEED)
-        save_checkpoint(JustZoomIn(get_preset("tiny")).eval(), path)
+    with built_once(path):
+        if not path.exists():
+            torch.manual_seed(SEED)
+            save_checkpoint(JustZoomIn(get_preset("tiny")).eval(), path)
     return path
 
 
-_EXPORTED: dict[tuple, bytes] = {}  # (graph, opset) -> the seed-0 tiny model's graph as exported, once a session
-
-
 @contextlib.contextmanager
-def shared_graph_exports():
-    """While active, export_bundle's graph exports of the seed-0 tiny model are done once per session.
+def shared_graph_exports(base: Path):
+    """While active, export_bundle's graph exports of the seed-0 tiny model are done once per run.
 
     The dynamo export of a graph does not depend on the bundle's precision (every precision converts the
     same exported graph), and it is most of an export's time; the conversions, the parity checks against
-    PyTorch and the manifest stay each bundle's own. Only for the session checkpoint (``make_checkpoint``)."""
+    PyTorch and the manifest stay each bundle's own. Only for the session checkpoint (``make_checkpoint``),
+    whose directory ``base`` keeps the exported graphs for every xdist worker."""
     import onnx
 
     from jzi.export import onnx_export as E
 
     def once(graph, export):
         def export_once(model, opset):
-            key = (graph, opset)
-            if key not in _EXPORTED:
-                _EXPORTED[key] = export(model, opset).SerializeToString()
-            return onnx.load_from_string(_EXPORTED[key])  # a fresh copy: conversions edit it in place
+            path = base / f"exported_{graph}_opset{opset}.onnx"
+            with built_once(path):
+                if not path.exists():
+                    tmp = path.with_name(f".{path.name}.tmp")
+                    onnx.save(export(model, opset), tmp)
+                    tmp.replace(path)
+            return onnx.load(path)  # a fresh copy: conversions edit it in place
         return export_once
 
     with mock.patch.dict(E.EXPORTERS, {g: once(g, f) for g, f in E.EXPORTERS.items()}):
@@ -75,20 +99,27 @@ def make_bundle(base: Path, precision: str = "fp32") -> Path:
     from jzi.export.onnx_export import export_bundle
 
     out = base / f"bundle_{precision}"
-    if not out.exists():
-        with shared_graph_exports():
-            export_bundle(make_checkpoint(base / "tiny.pt"), out, precision=precision, log=lambda *a, **k: None)
+    checkpoint = make_checkpoint(base / "tiny.pt")
+    with built_once(out):
+        if not out.exists():
+            with shared_graph_exports(base):
+                export_bundle(checkpoint, out, precision=precision, log=lambda *a, **k: None)
     return out
 
 
 def make_geotiff(base: Path) -> Path:
     """An EPSG:4326 GeoTIFF covering the default region plus a margin."""
+    path = base / "region.tif"
+    with built_once(path):
+        if not path.exists():
+            _write_geotiff(path)
+    return path
+
+
+def _write_geotiff(path: Path) -> None:
     import rasterio
     from affine import Affine
 
-    path = base / "region.tif"
-    if path.exists():
-        return path
     region = Region.default()
     half = region.size_m / 2 + MARGIN_M
     north = move_en(region.center, 0.0, half)[0]
@@ -96,13 +127,12 @@ def make_geotiff(base: Path) -> Path:
     east = move_en(region.center, half, 0.0)[1]
     west = move_en(region.center, -half, 0.0)[1]
     img = _smooth_noise(np.random.default_rng(SEED), TIFF_PX)
-    tmp = base / ".region.tif.tmp"
+    tmp = path.with_name(".region.tif.tmp")
     with rasterio.open(tmp, "w", driver="GTiff", width=TIFF_PX, height=TIFF_PX, count=3, dtype="uint8",
                        crs="EPSG:4326",
                        transform=Affine((east - west) / TIFF_PX, 0.0, west, 0.0, -(north - south) / TIFF_PX, north)) as ds:
         ds.write(np.moveaxis(img, -1, 0))
     tmp.replace(path)
-    return path
 
 
 def make_store(base: Path, bundle: Path) -> Path:
@@ -111,8 +141,10 @@ def make_store(base: Path, bundle: Path) -> Path:
     from jzi.runtime.tiles import build_store
 
     out = base / "store_float32.jzt"
-    if not out.exists():
-        build_store(out, bundle, make_geotiff(base), backend="ort-cpu", dtype="float32", batch=64, progress=False)
+    geotiff = make_geotiff(base)
+    with built_once(out):
+        if not out.exists():
+            build_store(out, bundle, geotiff, backend="ort-cpu", dtype="float32", batch=64, progress=False)
     return out
 
 
@@ -121,10 +153,12 @@ def make_fp16_store(base: Path, bundle: Path) -> Path:
     from jzi.runtime.tiles import TileStore, write_store
 
     out = base / "store_float16.jzt"
-    if not out.exists():
-        src = TileStore(make_store(base, bundle))
-        write_store(out, src.region, src.dim, src.encoder_id, lambda rows: (src.embeddings[rows], None),
-                    dtype="float16", batch=1 << 16, meta={"source": "fp32 store"}, progress=False)
+    source = make_store(base, bundle)
+    with built_once(out):
+        if not out.exists():
+            src = TileStore(source)
+            write_store(out, src.region, src.dim, src.encoder_id, lambda rows: (src.embeddings[rows], None),
+                        dtype="float16", batch=1 << 16, meta={"source": "fp32 store"}, progress=False)
     return out
 
 
@@ -151,17 +185,16 @@ def write_photos(folder: Path, base: Path, n: int, seed: int = 1) -> list[Path]:
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"p{i:04d}.jpg" for i in range(n)]
-    if not all(p.exists() for p in paths):
-        for path, photo in zip(paths, make_photos(base, n, seed)):
-            cv2.imwrite(str(path), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+    with built_once(folder):
+        if not all(p.exists() for p in paths):
+            for path, photo in zip(paths, make_photos(base, n, seed)):
+                cv2.imwrite(str(path), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
     return paths
 
 
 @pytest.fixture(scope="session")
 def rt_base(tmp_path_factory) -> Path:
-    base = tmp_path_factory.getbasetemp() / "jzi_runtime"
-    base.mkdir(exist_ok=True)
-    return base
+    return shared_base(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")

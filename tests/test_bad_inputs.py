@@ -26,7 +26,8 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from runtime_fixtures import make_bundle, make_checkpoint, make_geotiff, make_photos, make_store  # noqa: E402
+from runtime_fixtures import (built_once, make_bundle, make_checkpoint, make_geotiff, make_photos,  # noqa: E402
+                              make_store, shared_base)
 
 
 @dataclass
@@ -487,15 +488,15 @@ def make_fixtures(base: Path) -> Fx:
     base.mkdir(parents=True, exist_ok=True)
     bundle = make_bundle(base)
     photo = base / "good_photo.jpg"
-    if not photo.exists():
-        cv2.imwrite(str(photo), cv2.cvtColor(make_photos(base, 1, seed=9)[0], cv2.COLOR_RGB2BGR))
+    with built_once(photo):
+        if not photo.exists():
+            cv2.imwrite(str(photo), cv2.cvtColor(make_photos(base, 1, seed=9)[0], cv2.COLOR_RGB2BGR))
     return Fx(base, bundle, make_store(base, bundle), make_geotiff(base), make_checkpoint(base / "tiny.pt"), photo)
 
 
 @pytest.fixture(scope="module")
 def fx(tmp_path_factory):
-    base = tmp_path_factory.getbasetemp() / "jzi_runtime"
-    return make_fixtures(base)
+    return make_fixtures(shared_base(tmp_path_factory))
 
 
 def test_the_corpus_is_large_and_covers_every_kind():

@@ -254,7 +254,7 @@ def test_quantized_gate_judges_decisive_rollouts_only(bundles):
 def test_failed_parity_leaves_nothing(checkpoint, tmp_path, monkeypatch):
     monkeypatch.setattr(E, "FP32_MAX_REL", 0.0)  # no real export meets a zero tolerance
     out = tmp_path / "bundle"
-    with pytest.raises(E.ExportError, match="parity check failed"), shared_graph_exports():
+    with pytest.raises(E.ExportError, match="parity check failed"), shared_graph_exports(checkpoint.parent):
         E.export_bundle(checkpoint, out, parity=E.ParitySettings(rollouts=4, end_to_end=1))
     assert not out.exists() and leftovers(tmp_path) == []
 
@@ -280,7 +280,7 @@ def test_cli_writes_beside_the_checkpoint_and_replaces_only_with_force(checkpoin
     before = (out / MANIFEST).read_text()
     assert_one_error_line(run_cli(ckpt), "already exists", "--force")
     assert (out / MANIFEST).read_text() == before
-    with shared_graph_exports():  # a copy of the session checkpoint: its graphs as exported once this session
+    with shared_graph_exports(checkpoint.parent):  # a copy of the session checkpoint: its graphs as exported once this session
         forced = run_cli(ckpt, "--force", "--json", "-q")
     assert forced.returncode == 0 and forced.stderr == "", forced.stderr
     summary = json.loads(forced.stdout)
@@ -398,7 +398,7 @@ def test_official_preset_exports_in_time_and_memory(tmp_path):
 # the int8 decoder (jzi-export --decoder-precision int8)
 def test_int8_decoder_bundle_runs_close_to_fp32(bundles, checkpoint, tmp_path):  # noqa: F811
     fp32 = bundles["fp32"]
-    with shared_graph_exports():  # the session's graphs of this checkpoint; the int8 conversion and gates are new
+    with shared_graph_exports(checkpoint.parent):  # the session's graphs of this checkpoint; the int8 conversion and gates are new
         out, man = E.export_bundle(checkpoint, tmp_path / "int8dec", decoder_precision="int8", threads=1)
     assert man["decoder"]["precision"] == "int8" and man["precision"] == "fp32"
     assert "MatMulNBits" in man["precision_notes"]
