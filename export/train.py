@@ -231,7 +231,7 @@ def encode_streets(model: JustZoomIn, root, records, copies: int, device, seed: 
 
 @torch.no_grad()
 def encode_streets_in_memory(model: JustZoomIn, root, records, copies: int, device, seed: int, aug,
-                             batch: int = 256, progress: bool = False) -> torch.Tensor:
+                             batch: int = 64, progress: bool = False) -> torch.Tensor:
     """``encode_streets`` for the cpu recipe: photos decoded once, copies augmented in batches (fast_data's
     ``Augment``; None: every copy plain)."""
     from .fast_data import MemoryData, street_batch
