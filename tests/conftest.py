@@ -4,6 +4,7 @@ under pytest's session temp directory, shared by pytest-xdist's workers), and on
 read them; one that needs to change an artifact copies it first."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,18 @@ def local_ray():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     yield ray
     ray.shutdown()
+
+
+def pytest_configure(config):
+    """An xdist worker keeps to its share of the cores: torch's and OpenMP's thread pools spin while they wait,
+    and two 2-thread workers on 2 cores doubled the CPU time of the training tests (RESULTS.md, issue 12)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # the default of the commands the tests start
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 # The longest items start first: with pytest-xdist's workers (make test) no worker is then left alone with

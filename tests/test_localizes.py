@@ -26,7 +26,7 @@ def _train_export_localize(root, out, street_epochs: int, epochs: int, batch: in
     # which in the test process would come on top of the whole session's heap (RESULTS.md, issue 12)
     r = subprocess.run([sys.executable, "-m", "jzi.export.train", str(root), "--out", str(out / "run"), "--recipe", "cpu",
                         "--street-epochs", str(street_epochs), "--epochs", str(epochs), "--batch-size", str(batch),
-                        "--threads", "2", "--no-test", "--quiet"],
+                        "--no-test", "--quiet"],  # torch's default threads: OMP_NUM_THREADS under xdist (conftest.py)
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     bundle = out / "bundle"

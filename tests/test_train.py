@@ -49,7 +49,7 @@ def run_train(world, out, views_cache, *args):
     out.mkdir(parents=True, exist_ok=True)
     if not (out / views_cache.name).exists():
         shutil.copy(views_cache, out / views_cache.name)
-    r = cli("jzi.export.train", world, "--out", out, "--quiet", "--threads", "2", *args)
+    r = cli("jzi.export.train", world, "--out", out, "--quiet", *args)  # torch's threads as the session set them
     assert r.returncode == 0, r.stderr[-3000:]
     return r
 
