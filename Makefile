@@ -14,7 +14,7 @@ TORCH_INDEX_URL ?=
 PIP_FLAGS ?= -q
 ARGS ?=
 TEST_WORKERS ?= 2
-PYTEST = $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+PYTEST = $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 ifeq ($(origin PY),undefined)
 PY := $(VENV)/bin/python

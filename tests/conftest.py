@@ -45,9 +45,10 @@ def pytest_configure(config):
         torch.set_num_threads(threads)
 
 
-# The longest items start first: with pytest-xdist's workers (make test) no worker is then left alone with
-# one of them at the end while the other idles. Ray's tests stay on one worker with one Ray (xdist_group).
-LONGEST_FIRST = ("test_localizes.py", "test_ray_jobs.py", "test_train.py")
+# The longest files start first: make test hands whole files to its pytest-xdist workers in this order
+# (--dist loadfile --no-loadscope-reorder), so that no worker is left alone with one of them at the end while the
+# other idles. A file's module fixtures are then made once, and Ray's tests share one worker and its one Ray.
+LONGEST_FIRST = ("test_localizes.py", "test_ray_jobs.py")
 
 
 def pytest_collection_modifyitems(config, items):

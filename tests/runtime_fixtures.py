@@ -4,12 +4,16 @@ over the default region, an fp32 tile store built from it (and its fp16 twin), a
 Each builder writes under pytest's session base temp directory and reuses what is already there,
 so the test modules that import these fixtures pay for each artefact once per session. Under pytest-xdist
 (``make test`` runs two workers) the workers share that directory: the first to need an artefact builds it
-while holding its file lock, the others wait for it and reuse it.
+while holding its file lock, the others wait for it and reuse it. The session's set (``rt_base``) is built
+in a process of its own (``python tests/runtime_fixtures.py BASE``): building a model and exporting it
+leaves a few hundred MB in the process that did it, which the test processes then do without.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import sys
 from pathlib import Path
 from unittest import mock
 
@@ -192,9 +196,24 @@ def write_photos(folder: Path, base: Path, n: int, seed: int = 1) -> list[Path]:
     return paths
 
 
+def build_session_artifacts(base: Path) -> None:
+    """The checkpoint, a bundle per precision, the GeoTIFF and both stores, in this process."""
+    bundle = make_bundle(base, "fp32")
+    for precision in ("int8", "fp16"):
+        make_bundle(base, precision)
+    make_fp16_store(base, bundle)
+
+
 @pytest.fixture(scope="session")
 def rt_base(tmp_path_factory) -> Path:
-    return shared_base(tmp_path_factory)
+    base = shared_base(tmp_path_factory)
+    done = base / "session_artifacts.done"
+    with built_once(done):
+        if not done.exists():
+            r = subprocess.run([sys.executable, __file__, str(base)], capture_output=True, text=True)
+            assert r.returncode == 0, f"building the session's artifacts failed:\n{r.stderr[-3000:]}"
+            done.touch()
+    return base
 
 
 @pytest.fixture(scope="session")
@@ -215,3 +234,7 @@ def store32(rt_base, bundle) -> Path:
 @pytest.fixture(scope="session")
 def store16(rt_base, bundle) -> Path:
     return make_fp16_store(rt_base, bundle)
+
+
+if __name__ == "__main__":
+    build_session_artifacts(Path(sys.argv[1]))

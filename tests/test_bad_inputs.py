@@ -26,8 +26,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from runtime_fixtures import (built_once, make_bundle, make_checkpoint, make_geotiff, make_photos,  # noqa: E402
-                              make_store, shared_base)
+from runtime_fixtures import built_once, make_bundle, make_checkpoint, make_geotiff, make_photos, make_store  # noqa: E402
 
 
 @dataclass
@@ -495,8 +494,8 @@ def make_fixtures(base: Path) -> Fx:
 
 
 @pytest.fixture(scope="module")
-def fx(tmp_path_factory):
-    return make_fixtures(shared_base(tmp_path_factory))
+def fx(rt_base):
+    return make_fixtures(rt_base)
 
 
 def test_the_corpus_is_large_and_covers_every_kind():

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).parent))
-from runtime_fixtures import make_bundle, shared_base  # noqa: E402
+from runtime_fixtures import make_bundle  # noqa: E402
 
 from jzi.runtime.bundle import MANIFEST, BundleError, load_manifest  # noqa: E402
 from jzi.runtime.geometry import Region  # noqa: E402
@@ -156,10 +156,9 @@ _SETTINGS = dict(deadline=None, database=None, suppress_health_check=list(Health
 
 
 @pytest.fixture(scope="module")
-def fuzz_dirs(tmp_path_factory):
-    base = shared_base(tmp_path_factory)
+def fuzz_dirs(tmp_path_factory, rt_base):
     work = tmp_path_factory.mktemp("fuzz")
-    return _bundle_copy(base, work / "bundle"), _small_store(work / "s.jzt")
+    return _bundle_copy(rt_base, work / "bundle"), _small_store(work / "s.jzt")
 
 
 def test_fuzz_manifest_reader(fuzz_dirs):

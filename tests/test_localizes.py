@@ -17,20 +17,22 @@ from jzi.runtime.geometry import distance_m
 CHANCE_FIRST_STEP = 1 / 16
 
 
+def _command(*args) -> None:
+    """A torch-side command as a user runs it, in its own process: a training takes about 0.5 GB and an export
+    leaves about 0.2 GB behind, which in the test process would come on top of the session's heap (RESULTS.md,
+    issue 12). Torch's default threads: OMP_NUM_THREADS under xdist (conftest.py)."""
+    r = subprocess.run([sys.executable, "-m", *map(str, args)], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
 def _train_export_localize(root, out, street_epochs: int, epochs: int, batch: int):
-    from jzi.export.onnx_export import export_bundle
     from jzi.runtime.localizer import Localizer
     from jzi.runtime.tiles import build_store
 
-    # jzi-train as a user runs it, in its own process: the training takes about 0.5 GB on top of what it imports,
-    # which in the test process would come on top of the whole session's heap (RESULTS.md, issue 12)
-    r = subprocess.run([sys.executable, "-m", "jzi.export.train", str(root), "--out", str(out / "run"), "--recipe", "cpu",
-                        "--street-epochs", str(street_epochs), "--epochs", str(epochs), "--batch-size", str(batch),
-                        "--no-test", "--quiet"],  # torch's default threads: OMP_NUM_THREADS under xdist (conftest.py)
-                       capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
+    _command("jzi.export.train", root, "--out", out / "run", "--recipe", "cpu", "--street-epochs", street_epochs,
+             "--epochs", epochs, "--batch-size", batch, "--no-test", "--quiet")
     bundle = out / "bundle"
-    export_bundle(out / "run" / "best.pt", bundle, precision="fp32", log=lambda *a, **k: None)
+    _command("jzi.export.cli", out / "run" / "best.pt", "-o", bundle, "--precision", "fp32", "-q")
     store = out / "region.jzt"
     build_store(store, bundle, root / "satellite", dtype="float16", progress=False)
     loc = Localizer(bundle, store, backend="ort-cpu", threads=2)

@@ -19,7 +19,6 @@ from test_tiles_shards import _arrays, _index_without_time, _layout, reference  
 from jzi.runtime import tiles as T
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'jzi[ray]')")
-pytestmark = pytest.mark.xdist_group("ray")  # one worker, one local Ray (make test runs two workers)
 from jzi.runtime.ray_jobs import RayJobError, RayOptions, TileChunks, write_store_ray  # noqa: E402
 
 
