@@ -4,6 +4,8 @@ under pytest's session temp directory, shared by pytest-xdist's workers), and on
 read them; one that needs to change an artifact copies it first."""
 from __future__ import annotations
 
+import ctypes
+import gc
 import os
 from pathlib import Path
 
@@ -54,3 +56,19 @@ LONGEST_FIRST = ("test_localizes.py", "test_ray_jobs.py")
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FIRST)))  # stable: the rest keep their order
+
+
+try:  # glibc: hand freed heap pages back to the system
+    _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+except (OSError, AttributeError):
+    _malloc_trim = None
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item, nextitem):
+    """At the end of each file (its module fixtures are gone by now), collect and trim: a worker's heap otherwise
+    keeps the high-water mark of every file it ran, and the next file's peak stacks on top of it."""
+    if nextitem is None or nextitem.path != item.path:
+        gc.collect()
+        if _malloc_trim is not None:
+            _malloc_trim(0)
