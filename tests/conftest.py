@@ -1,7 +1,7 @@
 """Artifacts shared by the whole test session, each built once: the seed-0 tiny checkpoint, one bundle
 per precision, the GeoTIFF and the tile stores built from it (builders in runtime_fixtures.py, cached
-under pytest's session temp directory, shared by pytest-xdist's workers), and one local Ray. Tests only
-read them; one that needs to change an artifact copies it first."""
+under pytest's session temp directory, shared by pytest-xdist's workers), and a local Ray per test file that
+asks for one. Tests only read them; one that needs to change an artifact copies it first."""
 from __future__ import annotations
 
 import ctypes
@@ -26,9 +26,10 @@ def bundles(rt_base, checkpoint) -> dict[str, Path]:  # noqa: F811
     return {p: make_bundle(rt_base, p) for p in PRECISIONS}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def local_ray():
-    """One private 2-CPU Ray for the whole session, started by the first test that asks (a start costs seconds)."""
+    """One private 2-CPU Ray for a test file, started by its first test that asks (a start costs seconds) and shut
+    down after the file: its processes then stop taking memory and CPU from the rest of the run."""
     ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'jzi[ray]')")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     yield ray
@@ -48,9 +49,12 @@ def pytest_configure(config):
 
 
 # The longest files start first: make test hands whole files to its pytest-xdist workers in this order
-# (--dist loadfile --no-loadscope-reorder), so that no worker is left alone with one of them at the end while the
-# other idles. A file's module fixtures are then made once, and Ray's tests share one worker and its one Ray.
-LONGEST_FIRST = ("test_localizes.py", "test_ray_jobs.py")
+# (--dist loadfile --no-loadscope-reorder), so that no worker is left alone with a long one at the end while the
+# other idles (durations measured on 2 cores, RESULTS.md, issue 12; a file not named here keeps its place after
+# these). A file's module fixtures are then made once, and Ray's tests share one worker and its one Ray.
+LONGEST_FIRST = ("test_localizes.py", "test_ray_jobs.py", "test_native.py", "test_tiles.py", "test_train.py",
+                 "test_bench_retrieval.py", "test_synthetic.py", "test_tiles_shards.py", "test_imagery_fit.py",
+                 "test_export.py", "test_localizer_threads.py", "test_data.py", "test_checkpoint.py")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -20,7 +20,7 @@ CHANCE_FIRST_STEP = 1 / 16
 def _command(*args) -> None:
     """A torch-side command as a user runs it, in its own process: a training takes about 0.5 GB and an export
     leaves about 0.2 GB behind, which in the test process would come on top of the session's heap (RESULTS.md,
-    issue 12). Torch's default threads: OMP_NUM_THREADS under xdist (conftest.py)."""
+    issue 12)."""
     r = subprocess.run([sys.executable, "-m", *map(str, args)], capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
 
@@ -29,6 +29,7 @@ def _train_export_localize(root, out, street_epochs: int, epochs: int, batch: in
     from jzi.runtime.localizer import Localizer
     from jzi.runtime.tiles import build_store
 
+    # torch's default threads: OMP_NUM_THREADS under xdist (conftest.py); the answers were the same with 1 and 2
     _command("jzi.export.train", root, "--out", out / "run", "--recipe", "cpu", "--street-epochs", street_epochs,
              "--epochs", epochs, "--batch-size", batch, "--no-test", "--quiet")
     bundle = out / "bundle"

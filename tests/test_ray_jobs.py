@@ -23,7 +23,7 @@ from jzi.runtime.ray_jobs import RayJobError, RayOptions, TileChunks, write_stor
 
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers do not import tests/
-# local_ray: the session's one Ray (conftest.py)
+# local_ray: this file's one Ray (conftest.py)
 
 
 class Faulty(TileChunks):
