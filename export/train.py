@@ -605,8 +605,13 @@ class Run:
         a, model = self.a, self.model
         model.eval()  # the encoder never trains here; dropout in the decoder is switched on per step
         t0 = time.perf_counter()
+        paths = torch.tensor([r.path for r in self.train_records], device=self.device)
+        view_rows = torch.from_numpy(self.bank.indices(paths.cpu().numpy())).to(self.device)
+        # only the views on the training paths are encoded now (teacher forcing visits no others); validation
+        # encodes the ones its greedy paths reach, once each (ViewEmbeddings)
         views = ViewEmbeddings(model, self.bank, self.device)
-        view_table = views.encode_all()
+        views(view_rows.flatten())
+        view_table = views.table
         show = self.dist.main and not a.quiet
         if a.recipe in ("memory", "cpu"):
             train_g = encode_streets_in_memory(model, a.data, self.train_records, a.street_copies, self.device, a.seed,
@@ -617,10 +622,8 @@ class Run:
             train_g = encode_streets(model, a.data, self.train_records, a.street_copies, self.device, a.seed,
                                      progress=show).to(self.device)
             val_g = encode_streets(model, a.data, self.val_records, 1, self.device, a.seed, progress=show)[:, 0]
-        self.log(f"cached {len(view_table)} view and {train_g.shape[0] * train_g.shape[1] + len(val_g)} street "
+        self.log(f"cached {int(views.done.sum())} view and {train_g.shape[0] * train_g.shape[1] + len(val_g)} street "
                  f"embeddings in {time.perf_counter() - t0:.1f} s")
-        paths = torch.tensor([r.path for r in self.train_records], device=self.device)
-        view_rows = torch.from_numpy(self.bank.indices(paths.cpu().numpy())).to(self.device)
         decoder = self.dist.wrap(model.decoder)
         n, copies = train_g.shape[:2]
         per_epoch = max(1, n // (a.batch_size * self.dist.world))
