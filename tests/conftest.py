@@ -71,7 +71,7 @@ except (OSError, AttributeError):
 @pytest.hookimpl(trylast=True)
 def pytest_runtest_teardown(item, nextitem):
     """At the end of each file (its module fixtures are gone by now), collect and trim: a worker's heap otherwise
-    keeps the high-water mark of every file it ran, and the next file's peak stacks on top of it."""
+    keeps the pages earlier files freed, and the next file's peak stacks on top of them."""
     if nextitem is None or nextitem.path != item.path:
         gc.collect()
         if _malloc_trim is not None:

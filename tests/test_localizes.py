@@ -29,7 +29,7 @@ def _train_export_localize(root, out, street_epochs: int, epochs: int, batch: in
     from jzi.runtime.localizer import Localizer
     from jzi.runtime.tiles import build_store
 
-    # torch's default threads: OMP_NUM_THREADS under xdist (conftest.py); the answers were the same with 1 and 2
+    # torch's default threads (OMP_NUM_THREADS under xdist, conftest.py): this training answers alike on 1 and 2
     _command("jzi.export.train", root, "--out", out / "run", "--recipe", "cpu", "--street-epochs", street_epochs,
              "--epochs", epochs, "--batch-size", batch, "--no-test", "--quiet")
     bundle = out / "bundle"

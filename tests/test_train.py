@@ -21,7 +21,7 @@ from jzi.export.train import lr_factor
 
 REGION = get_preset("tiny").zoom
 # The runs below train on a 3-step region (1 + 16 + 256 = 273 views): what they assert does not depend on the
-# number of steps, and a frozen-encoder run encodes every view of the region (4369 at 4 steps) once per run.
+# number of steps, and each run renders its region's views (4369 at 4 steps) and encodes those its paths visit.
 WORLD_REGION = replace(REGION, steps=3)
 
 
