@@ -14,7 +14,9 @@ TORCH_INDEX_URL ?=
 PIP_FLAGS ?= -q
 ARGS ?=
 TEST_WORKERS ?= 2
-PYTEST = $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+# whole files per worker, longest first (tests/conftest.py); pytest-benchmark cannot time beside another worker, so its
+# tests only check their answers here (timings: tests/test_latency_benchmark.py's own command, or jzi-bench)
+PYTEST = $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --benchmark-disable
 
 ifeq ($(origin PY),undefined)
 PY := $(VENV)/bin/python
