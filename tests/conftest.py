@@ -43,8 +43,10 @@ def pytest_configure(config):
     if workers:
         threads = max(1, (os.cpu_count() or 1) // workers)
         os.environ["OMP_NUM_THREADS"] = str(threads)  # the default of the commands the tests start
-        import torch
-
+        try:
+            import torch
+        except ImportError:  # an environment without torch: no torch threads to set
+            return
         torch.set_num_threads(threads)
 
 
