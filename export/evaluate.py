@@ -68,9 +68,6 @@ class ViewEmbeddings:
             self.done[chunk] = True
         return self.table[indices]
 
-    def encode_all(self) -> torch.Tensor:
-        return self(torch.arange(self.bank.region.total_views, device=self.device))
-
 
 def path_to_view_index(region: Region, paths: torch.Tensor) -> torch.Tensor:
     """Row of the view reached by partial paths [B, k] (tile-store order)."""

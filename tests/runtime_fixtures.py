@@ -39,16 +39,6 @@ def _smooth_noise(rng, px: int) -> np.ndarray:
     return (255 * img / img.max()).astype(np.uint8)
 
 
-def shared_base(tmp_path_factory) -> Path:
-    """The directory of the session's shared artefacts: the run's, not one xdist worker's."""
-    base = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        base = base.parent  # the workers' base temp directories are siblings in the run's own
-    base = base / "jzi_runtime"
-    base.mkdir(exist_ok=True)
-    return base
-
-
 @contextlib.contextmanager
 def built_once(out: Path):
     """Held while an artefact is looked for and built: another xdist worker waits instead of building it too."""
@@ -206,7 +196,12 @@ def build_session_artifacts(base: Path) -> None:
 
 @pytest.fixture(scope="session")
 def rt_base(tmp_path_factory) -> Path:
-    base = shared_base(tmp_path_factory)
+    """The directory of the session's shared artefacts: the run's, not one xdist worker's."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the workers' base temp directories are siblings in the run's own
+    base = base / "jzi_runtime"
+    base.mkdir(exist_ok=True)
     done = base / "session_artifacts.done"
     with built_once(done):
         if not done.exists():

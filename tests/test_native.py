@@ -386,11 +386,13 @@ def _header_corpus() -> dict[str, bytes]:
                           + struct.pack(">I", 30) + b"jp2h" + struct.pack(">I", 22) + b"ihdr"
                           + struct.pack(">IIHBBBB", 300, 400, 3, 7, 7, 0, 0))
     out["j2k"] = b"\xff\x4f\xff\x51\x00\x29\x00\x00" + struct.pack(">IIII", 400, 300, 10, 20) + b"\x00" * 40
-    out["bigtiff"] = (b"II+\x00" + struct.pack("<HHQ", 8, 0, 16) + struct.pack("<Q", 2)
-                      + struct.pack("<HHQQ", 256, 16, 1, 70000) + struct.pack("<HHQQ", 257, 3, 1, 90))
+    def bigtiff(width):  # two LONG8 entries: ImageWidth, ImageLength 90
+        return (b"II+\x00" + struct.pack("<HHQ", 8, 0, 16) + struct.pack("<Q", 2)
+                + struct.pack("<HHQQ", 256, 16, 1, width) + struct.pack("<HHQQ", 257, 3, 1, 90))
+
+    out["bigtiff"] = bigtiff(70000)
     for width in (2 ** 63 - 1, 2 ** 63, 2 ** 64 - 1):  # LONG8 widths no int64 holds (once read differently)
-        out[f"bigtiff width {width}"] = (b"II+\x00" + struct.pack("<HHQ", 8, 0, 16) + struct.pack("<Q", 2)
-                                         + struct.pack("<HHQQ", 256, 16, 1, width) + struct.pack("<HHQQ", 257, 3, 1, 90))
+        out[f"bigtiff width {width}"] = bigtiff(width)
     out["pnm comments"] = b"P6\n# made by hand\n  # twice\n640\t480\n255\n" + b"\0" * 16
     out["pnm comment to the end"] = b"P6\n# no line end"
     out["pam"] = b"P7\nWIDTH  +1_000 \nHEIGHT 20\nWIDTH 7\nDEPTH 3\nENDHDR\n"
