@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import json
 import os
 import platform
@@ -63,11 +64,9 @@ def machine_info(threads: int) -> dict:
             "cpus": os.cpu_count(), "threads": threads, "python": platform.python_version(),
             "numpy": np.__version__, "onnxruntime": onnxruntime.__version__,
             "date": time.strftime("%Y-%m-%d")}
-    try:
-        import torch
-
-        info["torch"] = torch.__version__
-    except ImportError:
+    try:  # the installed version, without importing torch (2 s and 0.2 GB) into a torch-free suite
+        info["torch"] = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
         pass
     try:
         with open("/proc/cpuinfo") as f:

@@ -174,8 +174,9 @@ def infer_config(state: dict, preset: str | None, stored: dict | None, path="che
     return get_preset("official")  # the check below names what differs
 
 
-def load_state_into(model: JustZoomIn, state: dict, path="checkpoint") -> None:
-    """Load with exact key and shape checks; the first problem becomes one line."""
+def check_state(model: JustZoomIn, state: dict, path="checkpoint") -> dict:
+    """Exact key and shape checks and finite weights; the first problem becomes one line. ``model`` may be one
+    without weights (the meta device): only its keys, shapes and dtypes are read. -> the state, installed names."""
     state = to_installed_names(state)
     expected = model.state_dict()
     # position embeddings may legitimately come at another grid only if the config says so
@@ -195,7 +196,18 @@ def load_state_into(model: JustZoomIn, state: dict, path="checkpoint") -> None:
     for k, v in state.items():
         if v.is_floating_point() and not torch.isfinite(v).all():
             raise CheckpointError(f"{path}: {k} holds NaN or Inf")
+    return state
+
+
+def _assign(model: JustZoomIn, state: dict) -> None:
+    """``state``: checked by check_state against a model of the same config."""
+    expected = model.state_dict()
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
+
+
+def load_state_into(model: JustZoomIn, state: dict, path="checkpoint") -> None:
+    """Load with exact key and shape checks; the first problem becomes one line."""
+    _assign(model, check_state(model, state, path))
 
 
 def load_checkpoint(path, preset: str | None = None) -> tuple[JustZoomIn, dict]:
@@ -204,8 +216,11 @@ def load_checkpoint(path, preset: str | None = None) -> tuple[JustZoomIn, dict]:
     state = extract_state_dict(obj, path)
     stored = obj.get("jzi_config") if isinstance(obj, dict) else None
     cfg = infer_config(state, preset, stored, path)
+    with torch.device("meta"):  # a model without weights: a mismatched checkpoint is refused before any are made
+        skeleton = JustZoomIn(cfg)
+    state = check_state(skeleton, state, path)
     model = JustZoomIn(cfg)
-    load_state_into(model, state, path)
+    _assign(model, state)
     info = {
         "path": str(path),
         "sha256": sha256_file(path),

@@ -3,25 +3,31 @@ import pickle
 import warnings
 
 import pytest
-import torch
 
-from jzi.export.checkpoint import (CheckpointError, load_checkpoint, load_pretrained_encoder, save_checkpoint,
-                                   to_legacy_names)
 from jzi.export.config import get_preset
-from jzi.export.model import JustZoomIn
 
 
 def tiny(seed=0):
+    import torch
+
+    from jzi.export.model import JustZoomIn
+
     torch.manual_seed(seed)
     return JustZoomIn(get_preset("tiny")).eval()
 
 
 def same_weights(a, b):
+    import torch
+
     sa, sb = a.state_dict(), b.state_dict()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 def test_jzi_roundtrip_keeps_config_and_weights(tmp_path):
+    import torch
+
+    from jzi.export.checkpoint import load_checkpoint, save_checkpoint
+
     m = tiny()
     save_checkpoint(m, tmp_path / "c.pt", epoch=7)
     loaded, info = load_checkpoint(tmp_path / "c.pt")
@@ -34,6 +40,10 @@ def test_jzi_roundtrip_keeps_config_and_weights(tmp_path):
 
 @pytest.mark.parametrize("prefix", ["", "module.", "_orig_mod.", "module._orig_mod."])
 def test_authors_layout_with_prefixes(tmp_path, prefix):
+    import torch
+
+    from jzi.export.checkpoint import load_checkpoint, to_legacy_names
+
     m = tiny(1)
     sd = {prefix + k: v for k, v in to_legacy_names(m.state_dict()).items()}
     torch.save({"model_state_dict": sd, "epoch": 3}, tmp_path / "a.pth")
@@ -42,6 +52,8 @@ def test_authors_layout_with_prefixes(tmp_path, prefix):
 
 
 def _load_error(path, **kw):
+    from jzi.export.checkpoint import CheckpointError, load_checkpoint
+
     with pytest.raises(CheckpointError) as e:
         load_checkpoint(path, **kw)
     msg = str(e.value)
@@ -49,7 +61,30 @@ def _load_error(path, **kw):
     return msg
 
 
+def test_a_mismatched_checkpoint_is_refused_before_any_weights_are_made(tmp_path):
+    """The checks run against a model on the meta device: a tiny checkpoint read as the official preset is
+    refused without making the official model's 0.5 GB of weights."""
+    from unittest import mock
+
+    from jzi.export.checkpoint import save_checkpoint
+    from jzi.export.model import JustZoomIn
+
+    built = []
+
+    class Recorded(JustZoomIn):
+        def __init__(self, cfg):
+            super().__init__(cfg)
+            built.append(self)
+
+    save_checkpoint(tiny(), tmp_path / "c.pt")
+    with mock.patch("jzi.export.checkpoint.JustZoomIn", Recorded):
+        assert "preset 'official'" in _load_error(tmp_path / "c.pt", preset="official")
+    assert built and all(p.is_meta for model in built for p in model.parameters())
+
+
 def test_bad_files_get_one_clear_line(tmp_path):
+    import torch
+
     (tmp_path / "text.pt").write_text("not a checkpoint")
     assert "not a checkpoint" in _load_error(tmp_path / "text.pt")
     assert "no such file" in _load_error(tmp_path / "missing.pt")
@@ -72,6 +107,10 @@ def test_bad_files_get_one_clear_line(tmp_path):
 
 
 def test_wrong_preset_names_key_or_shape(tmp_path):
+    import torch
+
+    from jzi.export.checkpoint import save_checkpoint, to_legacy_names
+
     m = tiny()
     save_checkpoint(m, tmp_path / "c.pt")
     msg = _load_error(tmp_path / "c.pt", preset="small")
@@ -96,7 +135,10 @@ def test_wrong_preset_names_key_or_shape(tmp_path):
 
 
 def test_pretrained_from_transformers_folder(tmp_path):
+    import torch
     from transformers import Dinov2Model
+
+    from jzi.export.checkpoint import load_pretrained_encoder
 
     m = tiny(2)
     torch.manual_seed(5)
@@ -108,6 +150,10 @@ def test_pretrained_from_transformers_folder(tmp_path):
 
 def test_pretrained_from_meta_file(tmp_path):
     """Meta's dinov2_vit*14_pretrain.pth names, with the fused qkv, map onto Dinov2Model."""
+    import torch
+
+    from jzi.export.checkpoint import load_pretrained_encoder, to_legacy_names
+
     m, donor = tiny(3), tiny(4)
     legacy = to_legacy_names(donor.encoder.backbone.state_dict())
     meta = {"cls_token": legacy["embeddings.cls_token"], "pos_embed": legacy["embeddings.position_embeddings"],

@@ -230,4 +230,6 @@ def test_float_images_with_nan_or_inf_become_valid_pixels():
     img = np.array([[[np.nan, np.inf, -np.inf], [0.5, 2.0, 1e38]]], np.float32)
     with np.errstate(all="raise"):
         out = to_rgb8(img)
+        # a 0-1 image with a huge negative value (the fuzz test found one): black there, not an overflow
+        assert to_rgb8(np.array([[-3e38, 0.5, 1.0]], np.float32))[..., 0].tolist() == [[0, 128, 255]]
     assert out.dtype == np.uint8 and out.shape == (1, 2, 3)
