@@ -1,12 +1,14 @@
 """Artifacts shared by the whole test session, each built once: the seed-0 tiny checkpoint, one bundle
 per precision, the GeoTIFF and the tile stores built from it (builders in runtime_fixtures.py, cached
 under pytest's session temp directory, shared by pytest-xdist's workers), and a local Ray per test file that
-asks for one. Tests only read them; one that needs to change an artifact copies it first."""
+asks for one. Tests only read them; one that needs to change an artifact copies it first. Below them: how make
+test's two workers share the files (torch's files on one, everything else where there is room)."""
 from __future__ import annotations
 
 import ctypes
 import gc
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -38,30 +40,53 @@ def local_ray():
 
 def pytest_configure(config):
     """An xdist worker keeps to its share of the cores: torch's and OpenMP's thread pools spin while they wait,
-    and two 2-thread workers on 2 cores doubled the CPU time of the training tests (RESULTS.md, issue 12)."""
+    and two 2-thread workers on 2 cores doubled the CPU time of the training tests (RESULTS.md, issue 12). torch
+    reads OMP_NUM_THREADS when it is first imported, which is after this hook: the worker that runs no torch test
+    never imports it."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
     if workers:
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        os.environ["OMP_NUM_THREADS"] = str(threads)  # the default of the commands the tests start
-        try:
-            import torch
-        except ImportError:  # an environment without torch: no torch threads to set
-            return
-        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
 
 
-# The longest files start first: make test hands whole files to its pytest-xdist workers in this order
-# (--dist loadfile --no-loadscope-reorder), so that no worker is left alone with a long one at the end while the
-# other idles (durations measured on 2 cores, RESULTS.md, issue 12; a file not named here keeps its place after
-# these). A file's module fixtures are then made once, and Ray's tests share one worker and its one Ray.
-LONGEST_FIRST = ("test_localizes.py", "test_ray_jobs.py", "test_native.py", "test_tiles.py", "test_train.py",
-                 "test_bench_retrieval.py", "test_synthetic.py", "test_tiles_shards.py", "test_imagery_fit.py",
-                 "test_export.py", "test_localizer_threads.py", "test_data.py", "test_checkpoint.py")
+# The files that run torch in the test process, and test_localizes (its training runs in its own processes, but it
+# is the longest file and keeps their worker busy while the other worker runs the rest). make test's pytest-xdist
+# scheduler hands them to one worker as one unit, and every other file whole to whichever worker is free: torch
+# (with transformers' DINOv2 code, 0.45 GB) and Ray Data never share a process, which keeps each worker under
+# 1 GB (RESULTS.md, issue 12). These files import torch inside their tests, never at the top: each worker
+# collects every file. Their order: after test_localizes, the files whose tests peak highest above what the
+# worker holds, while it holds least (what a file leaves behind adds up).
+TORCH_FILES = ("test_localizes.py", "test_model.py", "test_data.py", "test_checkpoint.py", "test_localizer.py",
+               "test_train.py", "test_export.py", "test_bad_inputs.py", "test_bench_gpu.py", "test_baselines.py",
+               "test_cli_help.py", "test_fast_data.py", "test_tensorrt.py", "test_bench.py", "test_onnx_fusions.py")
+TORCH_UNIT = "torch"
+
+# The longest work first: the torch unit, then the other files by duration (measured on 2 cores, RESULTS.md, issue
+# 12; a file not named here keeps its place after these), so that no worker is left alone with a long one at the
+# end while the other idles. A file's module fixtures are then made once, and Ray's tests share one worker and
+# its one Ray.
+LONGEST_FIRST = TORCH_FILES + ("test_ray_jobs.py", "test_native.py", "test_tiles.py", "test_bench_retrieval.py",
+                               "test_synthetic.py", "test_tiles_shards.py", "test_imagery_fit.py",
+                               "test_localizer_threads.py")
 
 
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FIRST)))  # stable: the rest keep their order
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: unknown where it is not installed
+def pytest_xdist_make_scheduler(config, log):
+    """--dist loadfile (make test): whole files to workers, the torch files together as one unit."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class TorchApartScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            file = nodeid.split("::", 1)[0]
+            return TORCH_UNIT if Path(file).name in TORCH_FILES else file
+
+    return TorchApartScheduling(config, log)
 
 
 try:  # glibc: hand freed heap pages back to the system
@@ -70,11 +95,21 @@ except (OSError, AttributeError):
     _malloc_trim = None
 
 
+_torch_expected = not os.environ.get("PYTEST_XDIST_WORKER")  # one process runs every file: torch is expected
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_runtest_teardown(item, nextitem):
     """At the end of each file (its module fixtures are gone by now), collect and trim: a worker's heap otherwise
-    keeps the pages earlier files freed, and the next file's peak stacks on top of them."""
+    keeps the pages earlier files freed, and the next file's peak stacks on top of them. And in a worker that has
+    run no torch file, a file that brought torch in fails once, naming itself."""
+    global _torch_expected
     if nextitem is None or nextitem.path != item.path:
         gc.collect()
         if _malloc_trim is not None:
             _malloc_trim(0)
+        if item.path.name in TORCH_FILES:
+            _torch_expected = True
+        elif not _torch_expected and "torch" in sys.modules:
+            _torch_expected = True  # said once
+            pytest.fail(f"{item.path.name} imported torch: name it in TORCH_FILES (tests/conftest.py)", pytrace=False)

@@ -2,11 +2,8 @@
 from dataclasses import replace
 
 import numpy as np
-import torch
 
 from jzi.export.config import get_preset
-from jzi.export.model import Decoder
-from jzi.export.reference import decoder_loop
 from jzi.export.retrieval import FlatIndex, random_database
 from jzi.runtime.geometry import Region
 
@@ -30,6 +27,11 @@ def test_flat_index_cell_centres_follow_the_tile_layout():
 
 
 def test_kv_cache_loop_equals_full_recompute_at_4_and_8_steps():
+    import torch
+
+    from jzi.export.model import Decoder
+    from jzi.export.reference import decoder_loop
+
     torch.manual_seed(0)
     for steps in (4, 8):
         cfg = get_preset("tiny")

@@ -10,10 +10,11 @@ import pytest
 from helpers import run_main
 
 from jzi.export.bench_gpu import INNER_RUN_ENV, gpu_markdown, pytest_counts
-from jzi.export.tensorrt_build import cuda_device
 
 
 def test_without_a_gpu_the_suite_is_one_clear_error(tmp_path):
+    from jzi.export.tensorrt_build import cuda_device
+
     if cuda_device() is not None:
         pytest.skip("a CUDA GPU is visible: test_gpu_suite_end_to_end runs the suite instead")
     res = subprocess.run([sys.executable, "-m", "jzi.export.bench", "gpu", "--workdir", str(tmp_path / "w"),
@@ -54,6 +55,8 @@ def test_markdown_names_the_card_and_every_backend():
 
 @pytest.mark.gpu
 def test_gpu_suite_end_to_end(tmp_path):
+    from jzi.export.tensorrt_build import cuda_device
+
     if cuda_device() is None:
         pytest.skip("no CUDA GPU")
     if os.environ.get(INNER_RUN_ENV):

@@ -6,12 +6,10 @@ from dataclasses import replace
 import cv2
 import numpy as np
 import pytest
-import torch
+from helpers import make_world_apart
 
 from jzi.export.config import get_preset
-from jzi.export.data import (DataError, ViewBank, ZoomDataset, collate, image_path, parse_sequence, read_split,
-                             split_halves, stretch_street)
-from jzi.export.synthetic import WorldConfig, make_world
+from jzi.export.synthetic import WorldConfig
 from jzi.runtime.imagery import open_source
 
 REGION = get_preset("tiny").zoom
@@ -20,7 +18,7 @@ REGION = get_preset("tiny").zoom
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     out = tmp_path_factory.mktemp("data") / "w"
-    make_world(out, WorldConfig(seed=4, meters_per_pixel=10.0, sizes=(12, 4, 4)), log=lambda *a: None)
+    make_world_apart(out, WorldConfig(seed=4, meters_per_pixel=10.0, sizes=(12, 4, 4)))
     return out
 
 
@@ -31,10 +29,14 @@ def bank_cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def bank(world, bank_cache):
+    from jzi.export.data import ViewBank
+
     return ViewBank(world / "satellite", REGION, cache=bank_cache)
 
 
 def test_parse_sequence():
+    from jzi.export.data import parse_sequence
+
     assert parse_sequence("[4, 13, 1, 7]", 4, 16) == (4, 13, 1, 7)
     for bad in ("[4, 13, 1", "[4, 13, 1]", "[4, 13, 1, 16]", "[4, 13, 1, 'a']", "4 13 1 7", "[4, 13, 1, 7.0]"):
         with pytest.raises(ValueError):
@@ -42,6 +44,8 @@ def test_parse_sequence():
 
 
 def test_bad_rows_are_counted_named_and_skipped_or_refused(world, tmp_path):
+    from jzi.export.data import DataError, image_path, read_split
+
     root = tmp_path / "broken"
     shutil.copytree(world, root)
     rows = list(csv.DictReader(open(world / "metadata" / "train.csv", newline="")))
@@ -69,6 +73,8 @@ def test_bad_rows_are_counted_named_and_skipped_or_refused(world, tmp_path):
 
 
 def test_bad_metadata_files_are_one_clear_error(world, tmp_path):
+    from jzi.export.data import DataError, read_split
+
     with pytest.raises(DataError, match="no such metadata"):
         read_split(world, "nope", REGION)
     (tmp_path / "metadata").mkdir()
@@ -78,6 +84,8 @@ def test_bad_metadata_files_are_one_clear_error(world, tmp_path):
 
 
 def test_samples_follow_the_true_path(world, bank):
+    from jzi.export.data import ZoomDataset, image_path, read_split, split_halves, stretch_street
+
     records = read_split(world, "train", REGION)
     ds = ZoomDataset(world, records, bank, augment=False)
     src = open_source(world / "satellite")
@@ -94,6 +102,8 @@ def test_samples_follow_the_true_path(world, bank):
 
 
 def test_augmentation_keeps_level_zero_and_shapes(world, bank):
+    from jzi.export.data import ZoomDataset, read_split
+
     records = read_split(world, "train", REGION)
     plain = ZoomDataset(world, records, bank, augment=False)[0]
     aug = ZoomDataset(world, records, bank, augment=True, seed=1)[0]
@@ -105,6 +115,8 @@ def test_augmentation_keeps_level_zero_and_shapes(world, bank):
 
 
 def test_an_image_corrupted_after_validation_is_dropped_not_fatal(world, bank, tmp_path):
+    from jzi.export.data import ZoomDataset, collate, image_path, read_split
+
     root = tmp_path / "late"
     shutil.copytree(world, root)
     records = read_split(root, "train", REGION)
@@ -115,6 +127,8 @@ def test_an_image_corrupted_after_validation_is_dropped_not_fatal(world, bank, t
 
 
 def test_view_bank_cache_and_lazy_rendering_agree(world, bank, bank_cache, tmp_path):
+    from jzi.export.data import ViewBank
+
     assert bank.views.shape == (REGION.total_views, 64, 64, 3)
     # the bank wrote its cache (np.array_equal: numpy.testing's comparison of 54 MB arrays takes 0.25 GB)
     assert np.array_equal(np.load(bank_cache, mmap_mode="r"), bank.views)
@@ -141,6 +155,10 @@ def test_street_resize_is_the_authors_albumentations_resize(shape):
     """One street resize everywhere (DESIGN §2): bit-equal to albumentations Resize with INTER_LINEAR_EXACT,
     up- and downscaling, and the same function in training (stretch_street), the runtime and the reference."""
     from types import SimpleNamespace
+
+    import torch
+
+    from jzi.export.data import stretch_street
 
     import albumentations as A
 

@@ -6,16 +6,12 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
 import pytest
-import torch
 
-from jzi.export import onnx_export as E
-from jzi.export.checkpoint import save_checkpoint
 from jzi.export.config import get_preset
-from jzi.export.model import JustZoomIn, greedy_from_embeddings
 from jzi.runtime.backends import open_backend
 from jzi.runtime.bundle import GRAPHS, MANIFEST, BundleError, load_manifest, sha256_file
 from jzi.runtime.localizer import Localizer
@@ -23,12 +19,19 @@ from jzi.runtime.tiles import write_store
 from helpers import run_main
 from runtime_fixtures import shared_graph_exports
 
+if TYPE_CHECKING:  # torch is imported inside the tests (conftest.py's TORCH_FILES)
+    from jzi.export.model import JustZoomIn
+
 PRECISIONS = ("fp32", "int8", "fp16")
 # how far each precision's encoders may move an embedding, relative to its largest component
 ENCODER_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "int8": 0.1}
 
 
 def tiny_model(seed: int = 0) -> JustZoomIn:
+    import torch
+
+    from jzi.export.model import JustZoomIn
+
     torch.manual_seed(seed)
     return JustZoomIn(get_preset("tiny")).eval()
 
@@ -66,6 +69,10 @@ def leftovers(directory: Path) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_bundle_runs_through_runtime_backend(bundles, reference, precision):
+    import torch
+
+    from jzi.export import onnx_export as E
+
     man = load_manifest(bundles[precision])  # verifies every file's sha256
     assert man["precision"] == precision
     backend = open_backend(bundles[precision], man, "ort-cpu", threads=1)
@@ -86,6 +93,10 @@ def test_bundle_runs_through_runtime_backend(bundles, reference, precision):
 def test_runtime_zoom_loop_matches_pytorch_greedy(bundles, reference, tmp_path):
     """One tile store (random embeddings) serves every precision of the same weights: the encoder_id
     is precision-free, and the runtime's KV-cached loop gives PyTorch's greedy paths exactly."""
+    import torch
+
+    from jzi.export.model import greedy_from_embeddings
+
     cfg = reference.cfg
     region = cfg.zoom
     rng = np.random.default_rng(2)
@@ -134,6 +145,8 @@ def test_manifest_records_the_contract(bundles, checkpoint):
 
 
 def test_graph_io_and_metadata_match_manifest(bundles):
+    import onnx
+
     dtypes = {"uint8": onnx.TensorProto.UINT8, "float32": onnx.TensorProto.FLOAT, "int64": onnx.TensorProto.INT64}
     for precision, bundle in bundles.items():
         man = load_manifest(bundle)
@@ -153,6 +166,8 @@ def test_graph_io_and_metadata_match_manifest(bundles):
 
 
 def test_precisions_change_only_the_encoders(bundles):
+    import onnx
+
     def ops(bundle, graph):
         return {n.op_type for n in onnx.load(bundle / f"{graph}.onnx").graph.node}
 
@@ -173,6 +188,10 @@ def test_precisions_change_only_the_encoders(bundles):
 
 
 def test_decoder_batch_axis_is_dynamic(bundles, reference):
+    import torch
+
+    from jzi.export import onnx_export as E
+
     session = E.ort_session(bundles["fp32"] / "decoder.onnx", threads=1)
     specs = E.tensor_specs(reference.cfg)["decoder"]
     for batch in (1, 5):
@@ -187,6 +206,12 @@ def test_decoder_batch_axis_is_dynamic(bundles, reference):
 def test_position_embedding_is_a_constant_no_resize(tmp_path):
     """A model whose stored position grid differs from its input size (as the official 518 -> 384):
     the graph holds the resampled table, no Resize, and matches the interpolating PyTorch model."""
+    import onnx
+    import torch
+
+    from jzi.export import onnx_export as E
+    from jzi.export.model import JustZoomIn
+
     torch.manual_seed(3)
     model = JustZoomIn(get_preset("tiny", pos_grid_size=96)).eval()  # 12x12 grid -> 8x8 at 64 px
     images = torch.randint(0, 256, (2, 64, 64, 3), dtype=torch.uint8)
@@ -202,6 +227,10 @@ def test_position_embedding_is_a_constant_no_resize(tmp_path):
 
 
 def test_encoder_id_follows_encoder_weights_only():
+    import torch
+
+    from jzi.export import onnx_export as E
+
     a, b = tiny_model(0), tiny_model(0)
     assert E.encoder_id(a) == E.encoder_id(b)
     with torch.no_grad():
@@ -214,6 +243,8 @@ def test_encoder_id_follows_encoder_weights_only():
 
 def test_parity_gate_catches_a_wrong_graph(bundles, reference):
     """The int8 encoders presented as an fp32 export fail the fp32 gate, naming the graph."""
+    from jzi.export import onnx_export as E
+
     paths = {g: bundles["fp32"] / f"{g}.onnx" for g in GRAPHS}
     paths["view_encoder"] = bundles["int8"] / "view_encoder.onnx"
     model = E.prepare_for_export(reference)
@@ -225,6 +256,8 @@ def test_parity_gate_catches_a_wrong_graph(bundles, reference):
 
 
 def test_decisive_decisions_count_confident_steps_on_a_shared_prefix():
+    from jzi.export import onnx_export as E
+
     confident, tie = [9.0] + [0.0] * 15, [1.0, 1.0] + [0.0] * 14  # a 0.99 lead; a near-tie of two cells
     ref_paths = np.array([[0, 0], [0, 0], [0, 0]])
     ref_logits = np.array([[confident, tie], [confident, confident], [confident, confident]])
@@ -237,6 +270,8 @@ def test_decisive_decisions_count_confident_steps_on_a_shared_prefix():
 
 
 def test_quantized_gate_judges_decisive_rollouts_only(bundles):
+    from jzi.export import onnx_export as E
+
     figures = load_manifest(bundles["int8"])["parity"]
     e2e = figures["end_to_end"]
     e2e.update(path_agreement=0.5, decisive_queries=0, decisive_path_agreement=None)
@@ -252,6 +287,8 @@ def test_quantized_gate_judges_decisive_rollouts_only(bundles):
 
 
 def test_failed_parity_leaves_nothing(checkpoint, tmp_path, monkeypatch):
+    from jzi.export import onnx_export as E
+
     monkeypatch.setattr(E, "FP32_MAX_REL", 0.0)  # no real export meets a zero tolerance
     out = tmp_path / "bundle"
     with pytest.raises(E.ExportError, match="parity check failed"), shared_graph_exports(checkpoint.parent):
@@ -260,6 +297,7 @@ def test_failed_parity_leaves_nothing(checkpoint, tmp_path, monkeypatch):
 
 
 def test_tensorrt_refusals_are_one_line():
+    from jzi.export import onnx_export as E
     from jzi.export.tensorrt_build import batch_profile, check_can_build
 
     with pytest.raises(E.ExportError, match="int8 bundles"):
@@ -309,6 +347,8 @@ class _RunsCode:
 
 
 def test_cli_refuses_pickled_code(tmp_path):
+    import torch
+
     marker = tmp_path / "code-ran"
     evil = tmp_path / "evil.pt"
     torch.save({"model_state_dict": tiny_model().state_dict(), "payload": _RunsCode(marker)}, evil)
@@ -380,6 +420,11 @@ def test_official_preset_exports_in_time_and_memory(tmp_path):
     import resource
     import time
 
+    import torch
+
+    from jzi.export.checkpoint import save_checkpoint
+    from jzi.export.model import JustZoomIn
+
     torch.manual_seed(0)
     ckpt = tmp_path / "official.pt"
     save_checkpoint(JustZoomIn(get_preset("official")).eval(), ckpt)
@@ -397,6 +442,10 @@ def test_official_preset_exports_in_time_and_memory(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # the int8 decoder (jzi-export --decoder-precision int8)
 def test_int8_decoder_bundle_runs_close_to_fp32(bundles, checkpoint, tmp_path):  # noqa: F811
+    import onnx
+
+    from jzi.export import onnx_export as E
+
     fp32 = bundles["fp32"]
     with shared_graph_exports(checkpoint.parent):  # the session's graphs of this checkpoint; the int8 conversion and gates are new
         out, man = E.export_bundle(checkpoint, tmp_path / "int8dec", decoder_precision="int8", threads=1)
@@ -428,6 +477,8 @@ def _figures(decisive_agreement: float, logits_abs: float) -> dict:
 
 
 def test_int8_decoder_gates():
+    from jzi.export import onnx_export as E
+
     assert E.parity_failures(_figures(1.0, 0.05), "fp32", "int8") == []
     # the same figures fail an fp32 decoder, which must be exact
     assert E.parity_failures(_figures(1.0, 0.05), "fp32", "fp32")
@@ -438,6 +489,8 @@ def test_int8_decoder_gates():
 
 
 def test_int8_decoder_and_tensorrt_are_refused_together(checkpoint, tmp_path):
+    from jzi.export import onnx_export as E
+
     with pytest.raises(E.ExportError, match="CPU provider only"):
         E.export_bundle(checkpoint, tmp_path / "x", decoder_precision="int8", trt=True)
     assert not (tmp_path / "x").exists()

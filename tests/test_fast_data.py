@@ -1,18 +1,22 @@
 """The in-memory training path: batched augmentations and the runtime's pixels when not augmenting."""
 import numpy as np
-import torch
 
-from jzi.export.fast_data import Augment, coarse_dropout, colour_jitter, street_batch, view_batch
-from jzi.export.model import normalize, split_street
 from jzi.runtime.images import street_input
 
 
 def _photos(n=6, h=32, seed=0):
+    import torch
+
     rng = np.random.default_rng(seed)
     return torch.from_numpy(rng.integers(0, 256, (n, h, 2 * h, 3), dtype=np.uint8))
 
 
 def test_unaugmented_street_batch_is_the_runtime_input():
+    import torch
+
+    from jzi.export.fast_data import street_batch
+    from jzi.export.model import normalize, split_street
+
     photos = _photos(3, 16)
     ours = street_batch(photos, 16, None, None)
     assert ours.shape == (3, 2, 3, 16, 16)
@@ -21,6 +25,10 @@ def test_unaugmented_street_batch_is_the_runtime_input():
 
 
 def test_augmentation_is_seeded_and_changes_pixels():
+    import torch
+
+    from jzi.export.fast_data import Augment, street_batch
+
     photos = _photos(8, 32)
     aug = Augment(hue=0.05)
     a = street_batch(photos, 16, torch.Generator().manual_seed(1), aug)
@@ -33,6 +41,10 @@ def test_augmentation_is_seeded_and_changes_pixels():
 
 
 def test_level_zero_views_are_never_augmented():
+    import torch
+
+    from jzi.export.fast_data import Augment, view_batch
+
     views = _photos(6, 16)[..., :16, :]  # [6, 16, 16, 3]
     levels = torch.tensor([0, 0, 1, 2, 3, 3])
     strong = Augment(view_colour=0.5, view_colour_p=1.0, view_blur_p=1.0, view_dropout_p=1.0)
@@ -43,6 +55,10 @@ def test_level_zero_views_are_never_augmented():
 
 
 def test_colour_jitter_and_dropout_by_hand():
+    import torch
+
+    from jzi.export.fast_data import coarse_dropout, colour_jitter
+
     x = torch.full((4, 3, 8, 8), 0.5)
     same = colour_jitter(x, torch.Generator().manual_seed(0), p=0.0, brightness=0.5, contrast=0.5, saturation=0.5)
     assert torch.equal(same, x)  # p = 0: untouched

@@ -4,8 +4,9 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import make_world_apart
 
-from jzi.export.synthetic import WorldConfig, make_world
+from jzi.export.synthetic import WorldConfig
 from jzi.runtime.geometry import Region
 from jzi.runtime.imagery import (ArraySource, CoverageError, GeoTiffSource, ImageryError, XYZSource, open_source,
                                  view_pixel_latlon)
@@ -16,7 +17,7 @@ PX = 64
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     out = tmp_path_factory.mktemp("imagery") / "world"
-    make_world(out, WorldConfig(seed=3, meters_per_pixel=10.0, sizes=(2, 1, 1)), log=lambda *a: None)
+    make_world_apart(out, WorldConfig(seed=3, meters_per_pixel=10.0, sizes=(2, 1, 1)))
     return out
 
 

@@ -3,11 +3,8 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
 from runtime_fixtures import bundle, geotiff, make_photos, rt_base, store16, store32  # noqa: F401
 
-from jzi.export.checkpoint import load_checkpoint
-from jzi.export.model import greedy_from_embeddings, normalize, split_street
 from jzi.runtime.backends import BackendUnavailable, open_backend
 from jzi.runtime.bundle import load_manifest
 from jzi.runtime.images import street_input
@@ -19,6 +16,8 @@ N_PHOTOS = 24
 
 @pytest.fixture(scope="module")
 def model(rt_base, bundle):  # noqa: F811
+    from jzi.export.checkpoint import load_checkpoint
+
     m, _ = load_checkpoint(rt_base / "tiny.pt")
     return m
 
@@ -36,6 +35,9 @@ def loc32(bundle, store32):  # noqa: F811
 def _torch_greedy(model, photos, geotiff, region):  # noqa: F811
     """PyTorch end to end: its own street embeddings, and its own embeddings of each view on its path,
     rendered from the imagery (not read from the store)."""
+    import torch
+
+    from jzi.export.model import greedy_from_embeddings, normalize, split_street
     from jzi.runtime.imagery import open_source
 
     src = open_source(geotiff)
@@ -84,6 +86,8 @@ def test_single_and_batch_agree_and_timings_are_reported(loc32, photos):
 
 def _torch_beam(model, g, table, region, k):
     """Reference beam search: full teacher-forcing recompute of every prefix, no KV cache."""
+    import torch
+
     beams = [([], 0.0)]
     for step in range(region.steps):
         cands = []
@@ -100,6 +104,10 @@ def _torch_beam(model, g, table, region, k):
 
 
 def test_beam_search_matches_a_reference_and_greedy(model, photos, loc32):
+    import torch
+
+    from jzi.export.model import normalize, split_street
+
     store = loc32.store
     table = torch.from_numpy(np.array(store.embeddings, dtype=np.float32))
     for photo in photos[:4]:

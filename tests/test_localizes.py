@@ -9,9 +9,9 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import make_world_apart
 
-from jzi.export.data import image_path, read_split
-from jzi.export.synthetic import WorldConfig, make_world
+from jzi.export.synthetic import WorldConfig
 from jzi.runtime.geometry import distance_m
 
 CHANCE_FIRST_STEP = 1 / 16
@@ -26,6 +26,7 @@ def _command(*args) -> None:
 
 
 def _train_export_localize(root, out, street_epochs: int, epochs: int, batch: int):
+    from jzi.export.data import image_path, read_split
     from jzi.runtime.localizer import Localizer
     from jzi.runtime.tiles import build_store
 
@@ -53,7 +54,7 @@ def _train_export_localize(root, out, street_epochs: int, epochs: int, batch: in
 def test_a_short_cpu_training_localizes_far_above_chance(tmp_path):
     """Fast variant: a coarse small world (10 m/px raster, 480 training photos), a minute of training."""
     root = tmp_path / "world"
-    make_world(root, WorldConfig(seed=11, meters_per_pixel=10.0, sizes=(480, 48, 96)), log=lambda *a: None)
+    make_world_apart(root, WorldConfig(seed=11, meters_per_pixel=10.0, sizes=(480, 48, 96)))
     paths, truth, errors, chance = _train_export_localize(root, tmp_path, street_epochs=8, epochs=40, batch=32)
     first = float((paths[:, 0] == truth[:, 0]).mean())
     # 4x chance: world version 2's paving code made the district step harder (RESULTS.md, issue 9)
@@ -66,7 +67,7 @@ def test_cpu_recipe_reaches_the_block_level(tmp_path):
     """Slow variant: a full-resolution world with 2000 training photos and a few minutes of training reaches the
     156 m blocks for a share of photos (R@100m), where chance is 0.03 %."""
     root = tmp_path / "world"
-    make_world(root, WorldConfig(seed=12, sizes=(2000, 100, 200)), log=lambda *a: None)
+    make_world_apart(root, WorldConfig(seed=12, sizes=(2000, 100, 200)))
     paths, truth, errors, _ = _train_export_localize(root, tmp_path, street_epochs=15, epochs=30, batch=64)
     assert (paths[:, 0] == truth[:, 0]).mean() >= 0.5
     assert (errors <= 100).mean() >= 0.03

@@ -10,26 +10,26 @@ import math
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 
-from jzi.export.checkpoint import load_checkpoint, to_legacy_names
 from jzi.export.config import get_preset
-from jzi.export.model import JustZoomIn, greedy_from_embeddings, normalize, split_street
 from jzi.runtime.geometry import Region
-
 
 
 @pytest.fixture(autouse=True)
 def _no_grad():
     """Inference only, for this module's tests (a module-level set_grad_enabled(False) would switch
     autograd off for every test collected after it, training included)."""
+    import torch
+
     with torch.no_grad():
         yield
 
 
 # ---- an independent reference ------------------------------------------------------------------
 def ref_encoder(sd, x, heads, patch, eps=1e-6):
+    import torch
+    import torch.nn.functional as F
+
     p = "encoder.backbone."
     n = x.shape[0]
     h = F.conv2d(x, sd[p + "embeddings.patch_embeddings.projection.weight"],
@@ -65,6 +65,9 @@ def ref_encoder(sd, x, heads, patch, eps=1e-6):
 
 def ref_decoder(sd, g, s, a, heads, eps=1e-6):
     """Full recompute over [g, s0, a0, s1, a1, ...]; logits at the s_k positions."""
+    import torch
+    import torch.nn.functional as F
+
     p = "decoder."
     b, steps, d = s.shape
     toks = [g]
@@ -104,6 +107,10 @@ def ref_decoder(sd, g, s, a, heads, eps=1e-6):
 
 def write_authors_checkpoint(model, path):
     """The authors' file: model_state_dict with 4.47 key names, saved from a torch.compile'd model."""
+    import torch
+
+    from jzi.export.checkpoint import to_legacy_names
+
     sd = {"_orig_mod." + k: v for k, v in to_legacy_names(model.state_dict()).items()}
     torch.save({"model_state_dict": sd, "epoch": 29, "optimizer_state_dict": {}}, path)
 
@@ -117,6 +124,10 @@ def assert_close_to_scale(ours, ref, rel=1e-5):
 # ---- tests -----------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def official_ckpt(tmp_path_factory):
+    import torch
+
+    from jzi.export.model import JustZoomIn
+
     torch.manual_seed(0)
     model = JustZoomIn(get_preset("official"))
     # random but non-trivial decoder norms so every weight matters
@@ -130,6 +141,11 @@ def official_ckpt(tmp_path_factory):
 
 @pytest.mark.slow  # six ViT-B passes at 384 px; tests/test_checkpoint.py covers the authors' layout at tiny size
 def test_official_authors_checkpoint_matches_plain_reference(official_ckpt):
+    import torch
+
+    from jzi.export.checkpoint import load_checkpoint
+    from jzi.export.model import normalize, split_street
+
     model, info = load_checkpoint(official_ckpt)
     cfg = model.cfg
     assert cfg.preset == "official" and info["format"] == "authors" and info["epoch"] == 29
@@ -153,6 +169,10 @@ def test_official_authors_checkpoint_matches_plain_reference(official_ckpt):
 
 @pytest.mark.parametrize("preset", [pytest.param("official", marks=pytest.mark.slow), "tiny"])
 def test_kv_cache_step_equals_full_forward(preset):
+    import torch
+
+    from jzi.export.model import JustZoomIn
+
     torch.manual_seed(2)
     cfg = get_preset(preset)
     dec = JustZoomIn(cfg).decoder.eval() if preset == "tiny" else _decoder_only(cfg)
@@ -180,6 +200,10 @@ def _decoder_only(cfg):
 @pytest.mark.parametrize("preset", [pytest.param("official", marks=pytest.mark.slow), "tiny"])
 def test_greedy_paths_agree_between_cache_and_recompute(preset):
     """The authors' evaluation loop (re-run the whole decoder each step) vs the KV-cached step."""
+    import torch
+
+    from jzi.export.model import greedy_from_embeddings
+
     torch.manual_seed(3)
     cfg = get_preset(preset)
     dec = _decoder_only(cfg)
@@ -204,8 +228,13 @@ def test_greedy_paths_agree_between_cache_and_recompute(preset):
 
 
 def test_position_embedding_is_resampled_once_and_frozen():
+    import torch
+
+    from jzi.export.model import JustZoomIn, normalize
+
     torch.manual_seed(4)
-    model = JustZoomIn(get_preset("official", enc_layers=1)).eval()  # the official 518 -> 384 px resampling
+    # the official 518 -> 384 px resampling; one layer of each half (the decoder plays no part here)
+    model = JustZoomIn(get_preset("official", enc_layers=1, dec_layers=1)).eval()
     x = normalize(torch.randint(0, 256, (1, 384, 384, 3), dtype=torch.uint8))
     before = model.encode_views(x)
     pos = model.encoder.resampled_position_embeddings()
@@ -216,6 +245,10 @@ def test_position_embedding_is_resampled_once_and_frozen():
 
 
 def test_trainable_parameters_follow_the_recipe():
+    import torch
+
+    from jzi.export.model import JustZoomIn
+
     with torch.device("meta"):  # names and requires_grad only: no 0.5 GB of official-size weights to fill
         model = JustZoomIn(get_preset("official"))
     model.set_trainable()

@@ -9,12 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from jzi.export.checkpoint import save_checkpoint
 from jzi.export.config import get_preset
-from jzi.export.model import JustZoomIn
-from jzi.export.onnx_export import export_bundle
 from jzi.runtime.backends import open_backend
 from jzi.runtime.bundle import GRAPHS, load_manifest
 
@@ -34,6 +30,11 @@ def _why_not() -> str | None:
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory) -> Path:
+    import torch
+
+    from jzi.export.checkpoint import save_checkpoint
+    from jzi.export.model import JustZoomIn
+
     reason = _why_not()
     if reason:
         pytest.skip(f"TensorRT engines cannot be built here: {reason}")
@@ -50,6 +51,8 @@ def run_cli(*args) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_trt_only_builds_engines_that_match_onnx_runtime(tiny_checkpoint, tmp_path, precision):
+    from jzi.export.onnx_export import export_bundle
+
     bundle, _ = export_bundle(tiny_checkpoint, tmp_path / "b", precision=precision)
     proc = run_cli("--trt-only", bundle, "--max-batch", "16")
     assert proc.returncode == 0, proc.stderr
@@ -103,6 +106,8 @@ def test_export_with_trt_flag_builds_engines(tiny_checkpoint, tmp_path):
 
 
 def test_int8_bundle_is_refused_for_tensorrt(tiny_checkpoint, tmp_path):
+    from jzi.export.onnx_export import export_bundle
+
     bundle, _ = export_bundle(tiny_checkpoint, tmp_path / "b8", precision="int8")
     proc = run_cli("--trt-only", bundle)
     assert proc.returncode != 0 and "int8 bundles" in proc.stderr and "Traceback" not in proc.stderr

@@ -7,17 +7,10 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
-from helpers import run_main
+from helpers import make_world_apart, run_main
 
-from jzi.export.checkpoint import load_checkpoint, read_torch_file, save_checkpoint
 from jzi.export.config import get_preset
-from jzi.export.data import ViewBank
-from jzi.export.evaluate import evaluate, format_table, path_metrics
-from jzi.export.model import JustZoomIn
-from jzi.export.synthetic import WorldConfig, make_world
-from jzi.export.train import lr_factor
+from jzi.export.synthetic import WorldConfig
 
 REGION = get_preset("tiny").zoom
 # The runs below train on a 3-step region (1 + 16 + 256 = 273 views): what they assert does not depend on the
@@ -28,14 +21,16 @@ WORLD_REGION = replace(REGION, steps=3)
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     out = tmp_path_factory.mktemp("train") / "w"
-    make_world(out, WorldConfig(seed=7, meters_per_pixel=10.0, sizes=(16, 6, 6), region=WORLD_REGION.to_dict()),
-               log=lambda *a: None)
+    make_world_apart(out, WorldConfig(seed=7, meters_per_pixel=10.0, sizes=(16, 6, 6),
+                                      region=WORLD_REGION.to_dict()))
     return out
 
 
 @pytest.fixture(scope="module")
 def views_cache(world, tmp_path_factory):
     """Rendered views shared by the runs below (a run reuses OUT/views_64px.npy when present)."""
+    from jzi.export.data import ViewBank
+
     path = tmp_path_factory.mktemp("views") / "views_64px.npy"
     ViewBank(world / "satellite", WORLD_REGION, cache=path)
     return path
@@ -55,6 +50,8 @@ def run_train(world, out, views_cache, *args):
 
 
 def test_lr_schedule_warms_up_then_decays_to_a_tenth():
+    from jzi.export.train import lr_factor
+
     assert lr_factor(0.0) < 0.05
     assert lr_factor(0.05) == pytest.approx(1.0)
     assert lr_factor(1.0) == pytest.approx(0.1)
@@ -64,6 +61,8 @@ def test_lr_schedule_warms_up_then_decays_to_a_tenth():
 
 
 def test_path_metrics_by_hand():
+    from jzi.export.evaluate import path_metrics
+
     truth = np.array([[5, 6, 9, 3], [5, 6, 9, 3], [5, 6, 9, 3], [1, 1, 1, 1]])
     latlon = REGION.path_center(truth)  # queries at the centres of their final cells
     pred = np.array([[5, 6, 9, 3],      # right: 0 m
@@ -79,6 +78,8 @@ def test_path_metrics_by_hand():
 
 
 def test_undefined_step_shares_are_null_and_a_dash_not_nan():
+    from jzi.export.evaluate import format_table, path_metrics
+
     truth = np.array([[5, 6, 9, 3], [5, 6, 9, 3]])
     pred = np.array([[1, 6, 9, 3], [2, 6, 9, 3]])  # first step always wrong: later shares are undefined
     m = path_metrics(pred, truth, REGION.path_center(truth), REGION)
@@ -90,6 +91,12 @@ def test_undefined_step_shares_are_null_and_a_dash_not_nan():
 
 
 def test_train_writes_checkpoints_history_and_test_metrics(world, views_cache, tmp_path):
+    import torch
+
+    from jzi.export.checkpoint import load_checkpoint, read_torch_file
+    from jzi.export.evaluate import evaluate
+    from jzi.export.model import JustZoomIn
+
     out = tmp_path / "run"
     r = run_train(world, out, views_cache, "--epochs", "2", "--batch-size", "8", "--save-every", "1")
     for name in ("last.pt", "best.pt", "epoch_1.pt", "epoch_2.pt", "history.json", "test_metrics.json"):
@@ -114,6 +121,11 @@ def test_train_writes_checkpoints_history_and_test_metrics(world, views_cache, t
 
 
 def test_frozen_encoder_trains_only_the_decoder_and_resume_is_exact(world, views_cache, tmp_path):
+    import torch
+
+    from jzi.export.checkpoint import load_checkpoint, save_checkpoint
+    from jzi.export.model import JustZoomIn
+
     torch.manual_seed(3)
     init = tmp_path / "init.pt"
     save_checkpoint(JustZoomIn(get_preset("tiny")), init)
@@ -136,6 +148,11 @@ def test_frozen_encoder_trains_only_the_decoder_and_resume_is_exact(world, views
 
 def test_frozen_encoder_trains_its_first_epoch_even_when_caching_spends_the_budget(world, views_cache, tmp_path):
     """--minutes counts the embedding cache; a budget it spends alone still leaves a trained decoder."""
+    import torch
+
+    from jzi.export.checkpoint import save_checkpoint
+    from jzi.export.model import JustZoomIn
+
     torch.manual_seed(3)
     init = tmp_path / "init.pt"
     save_checkpoint(JustZoomIn(get_preset("tiny")), init)
@@ -147,6 +164,11 @@ def test_frozen_encoder_trains_its_first_epoch_even_when_caching_spends_the_budg
 
 
 def test_eval_cli_and_train_eval_agree(world, views_cache, tmp_path):
+    import torch
+
+    from jzi.export.checkpoint import save_checkpoint
+    from jzi.export.model import JustZoomIn
+
     out = tmp_path / "run"
     torch.manual_seed(1)
     out.mkdir()
@@ -176,6 +198,10 @@ def test_bad_input_is_one_line_and_nonzero(world, tmp_path):
 
 @pytest.mark.gpu
 def test_fp16_autocast_training_on_cuda(world, views_cache, tmp_path):
+    import torch
+
+    from jzi.export.checkpoint import read_torch_file
+
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU (fp16 autocast path)")
     out = tmp_path / "cuda"
@@ -200,7 +226,11 @@ def test_ddp_with_torchrun_on_two_cpu_processes(world, views_cache, tmp_path):
 
 def test_pretrained_dinov2_weights_start_the_encoder(world, views_cache, tmp_path):
     """--pretrained takes a local transformers DINOv2 folder; a frozen encoder keeps those weights exactly."""
+    import torch
     from transformers import Dinov2Model
+
+    from jzi.export.checkpoint import load_checkpoint
+    from jzi.export.model import JustZoomIn
 
     torch.manual_seed(7)
     donor = Dinov2Model(JustZoomIn(get_preset("tiny")).encoder.backbone.config)
@@ -219,6 +249,11 @@ def test_pretrained_dinov2_weights_start_the_encoder(world, views_cache, tmp_pat
 def test_memory_recipe_trains_end_to_end_and_resume_is_exact(world, views_cache, tmp_path):
     """--recipe memory: photos and views decoded once, batched augmentation; both halves of the model move, and an
     interrupted run ends exactly where an uninterrupted one does (auxiliary heads included)."""
+    import torch
+
+    from jzi.export.checkpoint import load_checkpoint, read_torch_file, save_checkpoint
+    from jzi.export.model import JustZoomIn
+
     torch.manual_seed(5)
     init = tmp_path / "init.pt"
     save_checkpoint(JustZoomIn(get_preset("tiny")), init)
@@ -245,6 +280,11 @@ def test_memory_recipe_trains_end_to_end_and_resume_is_exact(world, views_cache,
 def test_cpu_recipe_street_phase_then_zoom_phase(world, views_cache, tmp_path):
     """--recipe cpu: the street phase moves only the encoder (and its training-only heads), the zoom phase only the
     decoder on the frozen encoder; a rerun with --resume does not redo the finished street phase."""
+    import torch
+
+    from jzi.export.checkpoint import load_checkpoint, save_checkpoint
+    from jzi.export.model import JustZoomIn
+
     torch.manual_seed(6)
     init = tmp_path / "init.pt"
     save_checkpoint(JustZoomIn(get_preset("tiny")), init)
@@ -273,6 +313,8 @@ def test_cpu_recipe_budget_splits_minutes_and_does_not_cap_street_epochs(tmp_pat
     the zoom phase gets 20 % of the budget up to 3 minutes; a finished phase is known by epochs, minutes or
     its own word."""
     from argparse import Namespace
+
+    import torch
 
     from jzi.export.train import _finished_street_state, parse_args
 
@@ -334,6 +376,8 @@ def test_without_augmentation_the_zoom_phase_caches_one_plain_copy_per_photo():
 
 
 def test_spread_targets_centre_on_the_true_cell_and_fall_off_with_distance():
+    import torch
+
     from jzi.export.train import spread_targets
 
     t = spread_targets(4, 1.0)
@@ -345,6 +389,9 @@ def test_spread_targets_centre_on_the_true_cell_and_fall_off_with_distance():
 
 
 def test_zoom_loss_spreads_only_the_last_step_and_leans_an_uninformed_answer_to_the_centre():
+    import torch
+    import torch.nn.functional as F
+
     from jzi.export.train import spread_targets, zoom_loss
 
     torch.manual_seed(0)
