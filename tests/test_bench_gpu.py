@@ -53,6 +53,32 @@ def test_markdown_names_the_card_and_every_backend():
     assert "| ort-cuda | fp32 | CUDA OOM | | | | |" in md
 
 
+def test_without_engines_the_onnx_runtime_backends_are_still_measured(tmp_path, bundles, checkpoint):
+    """A card without TensorRT (engines fail to build) still gets its ONNX Runtime rows, on the plain bundles:
+    here, on a CPU, each says why it cannot run instead of being left out."""
+    import shutil
+    from argparse import Namespace
+    from unittest import mock
+
+    from jzi.export import bench_gpu
+    from jzi.export.bench_workdir import Workdir
+
+    wd = Workdir(tmp_path / "w", threads=1, log=lambda *a: None)
+    for precision in ("fp32", "fp16"):  # the session's bundles of this checkpoint, where the suite looks for them
+        shutil.copytree(bundles[precision], wd.root / f"{checkpoint.stem}-{precision}")
+    card = {"name": "a card without TensorRT", "compute_capability": "9.0"}
+    with mock.patch("jzi.export.tensorrt_build.cuda_device", return_value=card), \
+            mock.patch.object(bench_gpu, "engine_bundle", side_effect=RuntimeError("tensorrt is not installed")), \
+            mock.patch.object(bench_gpu, "run_gpu_tests", return_value={"skipped": "not run here"}):
+        rows = bench_gpu.suite_gpu(Namespace(presets=["tiny"], checkpoint=str(checkpoint), queries=2, markdown=None),
+                                   wd)
+    assert [r["skipped"] for r in rows if r["what"] == "engines"][:2] == ["tensorrt is not installed"] * 2
+    latency = [r for r in rows if r["what"] == "latency"]
+    assert {(r["backend"], r["precision"]) for r in latency} == {
+        (b, p) for b in ("ort-cuda", "ort-trt", "tensorrt") for p in ("fp32", "fp16")}
+    assert all(r.get("skipped") for r in latency)  # no GPU provider on this machine: a reason each
+
+
 @pytest.mark.gpu
 def test_gpu_suite_end_to_end(tmp_path):
     from jzi.export.tensorrt_build import cuda_device
