@@ -188,6 +188,31 @@ def test_mismatched_stores_are_refused(tmp_path, bundle, store32):  # noqa: F811
     assert abs(r.latitude - 40.0) < 0.1 and abs(r.longitude + 75.0) < 0.1
 
 
+@pytest.mark.filterwarnings("ignore:Specified provider")  # this CPU build has no GPU provider: ORT says so
+def test_a_gpu_provider_that_falls_back_is_refused_and_auto_goes_on(bundle, monkeypatch, tmp_path):  # noqa: F811
+    """onnxruntime-gpu lists TensorRT's provider even where TensorRT's libraries are missing, and then runs on
+    CUDA's (seen on an H200, RESULTS.md): ort-trt is refused rather than measured under the wrong name, and
+    auto goes on to the next backend. Here every session falls back to the CPU provider."""
+    import onnxruntime as ort
+
+    from jzi.runtime.backends import onnxrt
+
+    class FellBack(ort.InferenceSession):
+        def get_providers(self):
+            return ["CPUExecutionProvider"]
+
+    monkeypatch.setattr(ort, "InferenceSession", FellBack)
+    monkeypatch.setattr(onnxrt, "providers_available",
+                        lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # ORT-TensorRT's engine cache
+    man = load_manifest(bundle)
+    for backend, provider in (("ort-trt", "TensorrtExecutionProvider"), ("ort-cuda", "CUDAExecutionProvider")):
+        with pytest.raises(BackendUnavailable, match=f"^{backend} backend not available: ONNX Runtime could not "
+                                                     f"start its {provider} .* fell back to CPUExecutionProvider$"):
+            open_backend(bundle, man, backend)
+    assert open_backend(bundle, man, "auto").name == "ort-cpu"
+
+
 def test_gpu_backends_say_why_they_are_unavailable(bundle):  # noqa: F811
     import onnxruntime as ort
 

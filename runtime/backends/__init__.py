@@ -31,6 +31,11 @@ class BackendUnavailable(RuntimeError):
     """A backend that cannot run here, with one line saying why."""
 
 
+class ProviderFellBack(BackendUnavailable):
+    """ONNX Runtime lists a GPU provider but could not start it (its CUDA or TensorRT libraries are missing) and
+    fell back to a slower one: refused rather than run under the wrong name; ``auto`` goes on to the next."""
+
+
 class DecoderStep(ABC):
     """One decoder step at a fixed batch size, with every buffer allocated once."""
 
@@ -131,10 +136,20 @@ def open_backend(bundle_dir, manifest: dict, backend: str = "auto", threads: int
     if backend != "auto" and backend not in BACKENDS:
         raise BackendUnavailable(f"unknown backend {backend!r}; choose auto or one of {', '.join(BACKENDS)}")
     status = available_backends(manifest)
-    if backend == "auto":
-        backend = next(name for name, why in status.items() if why == "ok")
-    elif status[backend] != "ok":
-        raise BackendUnavailable(f"{backend} backend not available: {status[backend]}")
+    if backend != "auto":
+        if status[backend] != "ok":
+            raise BackendUnavailable(f"{backend} backend not available: {status[backend]}")
+        return _open(backend, bundle_dir, manifest, threads, graphs)
+    candidates = [name for name, why in status.items() if why == "ok"]
+    for name in candidates[:-1]:
+        try:
+            return _open(name, bundle_dir, manifest, threads, graphs)
+        except ProviderFellBack:
+            continue
+    return _open(candidates[-1], bundle_dir, manifest, threads, graphs)
+
+
+def _open(backend: str, bundle_dir, manifest: dict, threads, graphs) -> Backend:
     if backend == "tensorrt":
         from .tensorrt import TensorRTBackend
 

@@ -13,7 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from ..bundle import check_graph_io, past_names, present_names
-from . import GRAPHS, Backend, BackendUnavailable, DecoderStep, graph_path, tensor_names
+from . import GRAPHS, Backend, BackendUnavailable, DecoderStep, ProviderFellBack, graph_path, tensor_names
+
+# the provider each GPU device must get, not a fallback
+GPU_PROVIDER = {"cuda": "CUDAExecutionProvider", "trt": "TensorrtExecutionProvider"}
 
 
 def providers_available() -> list[str]:
@@ -87,6 +90,12 @@ class OnnxRuntimeBackend(Backend):
             except Exception as e:  # ORT raises its own exception types for bad graphs
                 raise BackendUnavailable(f"{path}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:200]})") from None
             sess = self.sessions[graph]
+            wanted, used = GPU_PROVIDER.get(self.device), sess.get_providers()[0]
+            if wanted and used != wanted:
+                del self.sessions[graph]
+                raise ProviderFellBack(f"{self.name} backend not available: ONNX Runtime could not start its "
+                                       f"{wanted} (are its CUDA/TensorRT libraries installed?) and fell back to "
+                                       f"{used}")
             try:
                 check_graph_io(self.manifest, graph, [_io(a) for a in sess.get_inputs()],
                                [_io(a) for a in sess.get_outputs()], path)
