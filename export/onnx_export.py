@@ -215,8 +215,31 @@ def to_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:
         warnings.simplefilter("ignore")
         proto = convert_float_to_float16(proto, keep_io_types=True,
                                          op_block_list=list(DEFAULT_OP_BLOCK_LIST) + FP16_KEEP_FP32)
+    drop_repeated_casts(proto.graph)
     sort_nodes(proto.graph)  # the converter appends its Cast nodes after their consumers
     return proto
+
+
+def drop_repeated_casts(graph: onnx.GraphProto) -> None:
+    """ONNX Runtime's converter before 1.32 adds one Cast per fp32-kept consumer of a shared fp16 tensor, all
+    under one output name, which breaks the graph's single assignment (seen with onnxruntime-gpu 1.31.1): keep
+    the first Cast of each (input, type, output), and one value_info per name."""
+    seen, nodes = set(), []
+    for node in graph.node:
+        key = node.SerializeToString(deterministic=True) if node.op_type == "Cast" else None
+        if key is not None and key in seen:
+            continue
+        seen.add(key)
+        nodes.append(node)
+    if len(nodes) < len(graph.node):
+        del graph.node[:]
+        graph.node.extend(nodes)
+        infos = {}
+        for info in graph.value_info:
+            infos.setdefault(info.name, info)
+        kept = [onnx.ValueInfoProto.FromString(i.SerializeToString()) for i in infos.values()]
+        del graph.value_info[:]
+        graph.value_info.extend(kept)
 
 
 def sort_nodes(graph: onnx.GraphProto) -> None:

@@ -165,6 +165,37 @@ def test_graph_io_and_metadata_match_manifest(bundles):
                     assert ["batch" if isinstance(d, str) else d for d in dims] == spec["shape"], (graph, v.name)
 
 
+def test_repeated_casts_of_older_fp16_converters_are_dropped():
+    """ONNX Runtime's fp16 converter before 1.32 casts a shared fp16 tensor once per fp32-kept consumer, under one
+    name (an fp16 export failed the checker with onnxruntime-gpu 1.31.1): one Cast is kept, and the graph runs."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from jzi.export import onnx_export as E
+
+    w = numpy_helper.from_array(np.array([1.5, -2.0], np.float16), "w")
+    cast = helper.make_node("Cast", ["w"], ["w_cast_to_fp32"], to=TensorProto.FLOAT, name="w_cast_to_fp32_node")
+    nodes = [helper.make_node("Add", ["x", "w_cast_to_fp32"], ["y"]),
+             helper.make_node("Mul", ["y", "w_cast_to_fp32"], ["z"]),
+             cast, onnx.NodeProto.FromString(cast.SerializeToString())]  # as the old converter appends them
+    info = helper.make_tensor_value_info("w_cast_to_fp32", TensorProto.FLOAT, [2])
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, [2])], [w],
+                              value_info=[info, onnx.ValueInfoProto.FromString(info.SerializeToString())])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    broken = onnx.ModelProto.FromString(proto.SerializeToString())
+    E.sort_nodes(broken.graph)
+    with pytest.raises(onnx.checker.ValidationError, match="single static assignment"):
+        onnx.checker.check_model(broken)
+    E.drop_repeated_casts(proto.graph)
+    E.sort_nodes(proto.graph)
+    onnx.checker.check_model(proto)
+    assert [n.op_type for n in proto.graph.node] == ["Cast", "Add", "Mul"] and len(proto.graph.value_info) == 1
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(session.run(None, {"x": np.array([1.0, 1.0], np.float32)})[0], [3.75, 2.0])
+
+
 def test_precisions_change_only_the_encoders(bundles):
     import onnx
 
