@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from runtime_fixtures import bundle, make_photos, rt_base, store32  # noqa: F401
 
-from jzi.runtime.backends import available_backends, open_backend
+from jzi.runtime.backends import ProviderFellBack, available_backends, open_backend
 from jzi.runtime.bundle import load_manifest
 from jzi.runtime.localizer import Localizer
 
@@ -41,12 +41,19 @@ def photos(rt_base):  # noqa: F811
     return make_photos(rt_base, 16, seed=7)
 
 
-def _compare(bundle_dir, store, backend, photos, atol=1e-3):  # noqa: F811
+def _compare(bundle_dir, store, backend, photos):  # noqa: F811
     man = load_manifest(bundle_dir)
     cpu = open_backend(bundle_dir, man, "ort-cpu", threads=2)
-    gpu = open_backend(bundle_dir, man, backend)
+    try:
+        gpu = open_backend(bundle_dir, man, backend)
+    except ProviderFellBack as e:  # onnxruntime-gpu lists TensorRT's provider without TensorRT's libraries
+        pytest.skip(str(e))
     views = np.stack([p[:64, :64] for p in photos])
-    np.testing.assert_allclose(gpu.encode_views(views), cpu.encode_views(views), atol=atol, rtol=1e-3)
+    want = cpu.encode_views(views)
+    # CUDA's fp32 matrix products run in TF32 on Ampere and later (ONNX Runtime's default): on an H200 the tiny
+    # bundle's embeddings moved by up to 0.0014 (RESULTS.md, issue 14), so the fp16 rule of test_export.py:
+    # 1 % of the largest component
+    np.testing.assert_allclose(gpu.encode_views(views), want, atol=1e-2 * np.abs(want).max(), rtol=0)
     ref = Localizer(bundle_dir, store, backend=cpu)
     got = Localizer(bundle_dir, store, backend=gpu)
     for beams in (1, 4):
