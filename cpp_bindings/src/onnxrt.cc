@@ -206,8 +206,10 @@ namespace {
 // parity p: past = sets[p], present = sets[1 - p]. Greedy flips parity; beams gather present into past.
 class OrtDecoderStep : public DecoderStep {
 public:
-    OrtDecoderStep(Ort::Session& session, const Ort::MemoryInfo& cpu, const Manifest& m, int batch)
-        : DecoderStep(m, batch), session_(session) {
+    // device_inputs: a CUDA / TensorRT provider, to which ONNX Runtime copies a bound host input when it is
+    // bound (IOBinding::BindInput), not when the step runs: such a step binds its inputs again before each run.
+    OrtDecoderStep(Ort::Session& session, const Ort::MemoryInfo& cpu, const Manifest& m, int batch, bool device_inputs)
+        : DecoderStep(m, batch), session_(session), rebind_(device_inputs) {
         use_host_buffers();
         const auto past = past_names(layers_), present = present_names(layers_);
         for (auto& set : sets_) set.assign(past.size(), std::vector<float>(cache_elems_, 0.0f));
@@ -218,6 +220,7 @@ public:
             auto bind_in = [&](const char* name, Ort::Value v) {
                 vals.push_back(std::move(v));
                 b.BindInput(name, vals.back());
+                inputs_[p].emplace_back(name, vals.size() - 1);
             };
             vals.reserve(8 + 4 * past.size());
             bind_in("query", Ort::Value::CreateTensor<float>(cpu, query_, size_t(batch) * width_, vec, 2));
@@ -240,6 +243,8 @@ public:
 
     const float* run() override {
         try {
+            if (rebind_)
+                for (const auto& [name, index] : inputs_[parity_]) bindings_[parity_].BindInput(name.c_str(), values_[parity_][index]);
             session_.Run(Ort::RunOptions{nullptr}, bindings_[parity_]);
         } catch (const Ort::Exception& e) {
             throw BackendUnavailable("ONNX Runtime failed to run the decoder graph (" + first_line(e.what()) + ")");
@@ -269,6 +274,8 @@ private:
     std::vector<std::vector<float>> sets_[2];
     std::vector<Ort::IoBinding> bindings_;
     std::vector<Ort::Value> values_[2];
+    std::vector<std::pair<std::string, size_t>> inputs_[2];  // (name, index in values_) of each bound input
+    bool rebind_;
     int parity_ = 0;
 };
 }  // namespace
@@ -276,7 +283,7 @@ private:
 std::unique_ptr<DecoderStep> OrtBackend::new_decoder(int batch) {
     Ort::Session& s = impl_->session("decoder");
     try {
-        return std::make_unique<OrtDecoderStep>(s, impl_->cpu, manifest_, batch);
+        return std::make_unique<OrtDecoderStep>(s, impl_->cpu, manifest_, batch, device_ != "cpu");
     } catch (const Ort::Exception& e) {
         throw BackendUnavailable("ONNX Runtime cannot bind the decoder graph (" + first_line(e.what()) + ")");
     }

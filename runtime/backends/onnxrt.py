@@ -139,11 +139,14 @@ class _TwoBindings(DecoderStep):
         self.bindings = [self._binding(p) for p in (0, 1)]
         self.parity = 0
 
-    def _binding(self, parity: int):
-        b = self.session.io_binding()
+    def _bind_step_inputs(self, binding) -> None:
         for name, arr in (("query", self.query), ("view", self.view), ("prev_action", self.prev_action),
                           ("step", self.step)):
-            b.bind_input(name, "cpu", 0, arr.dtype, list(arr.shape), arr.ctypes.data)
+            binding.bind_input(name, "cpu", 0, arr.dtype, list(arr.shape), arr.ctypes.data)
+
+    def _binding(self, parity: int):
+        b = self.session.io_binding()
+        self._bind_step_inputs(b)
         b.bind_output("logits", "cpu", 0, self.logits.dtype, list(self.logits.shape), self.logits.ctypes.data)
         for name, buf in zip(self.past_names, self.sets[parity]):
             self._bind_cache_input(b, name, buf)
@@ -212,6 +215,11 @@ class OrtDeviceDecoderStep(_TwoBindings):
 
     def run(self) -> np.ndarray:
         binding = self.bindings[self.parity]
+        # ONNX Runtime copies a host input of a device session when it is bound (IOBinding::BindInput), not when
+        # the step runs: bound once, the steps would not see their new inputs, the likely cause of ORT-CUDA's
+        # greedy paths agreeing with the CPU's on 0 of 16 photos on an H200 (RESULTS.md, issue 14; not re-run on
+        # a GPU since). Bound again before each run: four small copies.
+        self._bind_step_inputs(binding)
         binding.synchronize_inputs()
         self.session.run_with_iobinding(binding)
         binding.synchronize_outputs()

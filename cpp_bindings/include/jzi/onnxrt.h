@@ -5,8 +5,8 @@
 // preallocated host buffers, the zoom loop writes its inputs in place, and the cache moves from
 // present.* to past_key_values.* by switching between two bindings (no copy, no rebinding) or, for
 // beam search, by one gather of rows per tensor. With the CUDA / TensorRT providers ONNX Runtime
-// copies the bound host buffers to the device each step (the native TensorRT backend keeps the
-// cache on the device).
+// copies a bound host buffer to the device when it is bound, so those steps bind their inputs again
+// before each run (the native TensorRT backend keeps the cache on the device).
 #pragma once
 
 #include <memory>
