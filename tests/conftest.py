@@ -49,24 +49,22 @@ def pytest_configure(config):
 
 
 # The files that run torch in the test process, and test_localizes (its training runs in its own processes, but it
-# is the longest file and keeps their worker busy while the other worker runs the rest). make test's pytest-xdist
-# scheduler hands them to one worker as one unit, and every other file whole to whichever worker is free: torch
-# (with transformers' DINOv2 code, 0.45 GB) and Ray Data never share a process, which keeps each worker under
-# 1 GB (RESULTS.md, issue 12). These files import torch inside their tests, never at the top: each worker
-# collects every file. Their order: after test_localizes, the files whose tests peak highest above what the
-# worker holds, while it holds least (what a file leaves behind adds up).
+# is the longest file and keeps their worker busy while the other worker runs the rest). These files import torch
+# inside their tests, never at the top: each worker collects every file. Their order: after test_localizes, the
+# files whose tests peak highest above what the worker holds, while it holds least (what a file leaves behind adds
+# up: transformers' DINOv2 code after the first model, ONNX Runtime's sessions).
 TORCH_FILES = ("test_localizes.py", "test_model.py", "test_data.py", "test_checkpoint.py", "test_localizer.py",
                "test_train.py", "test_export.py", "test_bad_inputs.py", "test_bench_gpu.py", "test_baselines.py",
                "test_cli_help.py", "test_fast_data.py", "test_tensorrt.py", "test_bench.py", "test_onnx_fusions.py")
-TORCH_UNIT = "torch"
-
-# The longest work first: the torch unit, then the other files by duration (measured on 2 cores, RESULTS.md, issue
-# 12; a file not named here keeps its place after these), so that no worker is left alone with a long one at the
-# end while the other idles. A file's module fixtures are then made once, and Ray's tests share one worker and
-# its one Ray.
-LONGEST_FIRST = TORCH_FILES + ("test_ray_jobs.py", "test_native.py", "test_tiles.py", "test_bench_retrieval.py",
-                               "test_synthetic.py", "test_tiles_shards.py", "test_imagery_fit.py",
-                               "test_localizer_threads.py")
+# The torch-free files that peak high in the test process (Ray Data, store builds, synthetic worlds made in
+# process), longest first: on top of what the torch worker holds by its end they would pass 1 GB.
+HEAVY_RUNTIME_FILES = ("test_ray_jobs.py", "test_native.py", "test_tiles.py", "test_bench_retrieval.py",
+                       "test_synthetic.py", "test_tiles_shards.py", "test_imagery_fit.py")
+# make test's pytest-xdist scheduler hands each group to a worker as one unit, both at the start, and every other
+# file whole to whichever worker is free, the longer ones first: torch (with transformers, 0.45 GB) and Ray Data
+# never share a process, and each worker stays under 1 GB (RESULTS.md, issue 12).
+UNITS = {**{name: "torch" for name in TORCH_FILES}, **{name: "heavy-runtime" for name in HEAVY_RUNTIME_FILES}}
+LONGEST_FIRST = TORCH_FILES + HEAVY_RUNTIME_FILES + ("test_localizer_threads.py", "test_batch.py", "test_run_cli.py")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -76,7 +74,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: unknown where it is not installed
 def pytest_xdist_make_scheduler(config, log):
-    """--dist loadfile (make test): whole files to workers, the torch files together as one unit."""
+    """--dist loadfile (make test): whole files to workers, the two groups of files above as one unit each."""
     if config.getvalue("dist") != "loadfile":
         return None
     from xdist.scheduler import LoadFileScheduling
@@ -84,7 +82,7 @@ def pytest_xdist_make_scheduler(config, log):
     class TorchApartScheduling(LoadFileScheduling):
         def _split_scope(self, nodeid: str) -> str:
             file = nodeid.split("::", 1)[0]
-            return TORCH_UNIT if Path(file).name in TORCH_FILES else file
+            return UNITS.get(Path(file).name, file)
 
     return TorchApartScheduling(config, log)
 
