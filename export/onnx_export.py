@@ -223,7 +223,7 @@ def to_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:
 def drop_repeated_casts(graph: onnx.GraphProto) -> None:
     """ONNX Runtime's converter before 1.32 adds one Cast per fp32-kept consumer of a shared fp16 tensor, all
     under one output name, which breaks the graph's single assignment (seen with onnxruntime-gpu 1.31.1): keep
-    the first Cast of each (input, type, output), and one value_info per name."""
+    the first of identical Cast nodes, and one value_info per name."""
     seen, nodes = set(), []
     for node in graph.node:
         key = node.SerializeToString(deterministic=True) if node.op_type == "Cast" else None

@@ -339,7 +339,7 @@ def to_rgb8(img: np.ndarray, already_rgb: bool = True) -> np.ndarray:
         img = ((img.astype(np.uint32) + 128) // 257).astype(np.uint8)  # 65535 -> 255, rounded
     elif img.dtype != np.uint8:  # float (PFM, HDR): a damaged file may hold NaN or Inf
         f = np.nan_to_num(np.asarray(img, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-        f = np.maximum(f, 0.0)  # black either way; a huge negative value would overflow the scaling below
+        np.maximum(f, 0.0, out=f)  # black either way; a huge negative value would overflow the scaling below
         img = np.rint(np.clip(f * (255.0 if f.max(initial=0) <= 1.0 else 1.0), 0, 255)).astype(np.uint8)
     if img.ndim == 2:
         return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
