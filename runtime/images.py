@@ -7,7 +7,8 @@
 - Grey, RGBA (alpha dropped: the photo is treated as opaque) and 16-bit images become 8-bit RGB.
 - Decompression bombs: the pixel count is read from the file header *before* decoding and checked
   against a cap (and again after decoding); files larger than any image under the cap could be
-  are refused before they are read.
+  are refused before they are read. A PNG chunk declaring more bytes than the file holds is refused
+  before decoding (``check_png_chunks``: OpenCV would allocate what it declares).
 - Folders: files are picked by content (``sniff_format``), not by suffix alone.
 
 The model sees pixels exactly as the exported graphs expect them: uint8 RGB, NHWC; normalisation
@@ -310,13 +311,33 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         raise ImageError("not a readable image (unknown format or corrupt data)")
     if size[0] * size[1] > max_pixels:
         raise ImageError(f"{size[0]}x{size[1]} pixels is over the cap of {max_pixels} (decompression bomb?)")
+    if sniff_format(data[:32]) == "png":
+        check_png_chunks(data)
     with _codecs_quiet() if QUIET_CODECS else contextlib.nullcontext():
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), _READ_FLAGS)
+        try:
+            img = cv2.imdecode(np.frombuffer(data, np.uint8), _READ_FLAGS)
+        except cv2.error:  # OpenCV asserts on some damaged headers (a PFM whose height it reads as 0)
+            img = None
     if img is None:
         raise ImageError("not a readable image (unknown format or corrupt data)")
     if img.shape[0] * img.shape[1] > max_pixels:
         raise ImageError(f"{img.shape[1]}x{img.shape[0]} pixels is over the cap of {max_pixels}")
     return to_rgb8(img, already_rgb=_HAS_RGB_FLAG)
+
+
+def check_png_chunks(data: bytes) -> None:
+    """Refuses a PNG chunk whose declared length runs past the end of the data. OpenCV's PNG reader
+    allocates what a chunk declares before reading it: a 200-byte file declaring a 2 GB chunk took
+    2-4 GB of memory (found by tests/test_fuzz.py). A file cut short is refused here too."""
+    i = 8
+    while i + 8 <= len(data):
+        length = int.from_bytes(data[i:i + 4], "big")
+        if length > len(data) - i - 12:
+            raise ImageError(f"PNG chunk of {length} bytes at byte {i} runs past the end of the data "
+                             "(truncated or corrupt file)")
+        if data[i + 4:i + 8] == b"IEND":
+            return
+        i += 12 + length
 
 
 @contextlib.contextmanager

@@ -105,7 +105,9 @@ _photo_case("PNG claiming 100000x100000", "over the cap",
 _photo_case("PNG IHDR missing", "PNG", lambda fx: b"\x89PNG\r\n\x1a\n" + b"\x00" * 30, "x.png")
 _photo_case("PNG 0x0", "empty size", lambda fx: _patched(".png", _Z, b"IHDR", 4, struct.pack(">II", 0, 0)), "z.png")
 _photo_case("PNG with a corrupt body", "not a readable image",
-            lambda fx: _encode(".png", _Z)[:40] + b"\x00" * 60, "c.png")
+            lambda fx: _patched(".png", _Z, b"IDAT", 4, b"\x00" * 8), "c.png")
+_photo_case("PNG cut short, zeros after", "PNG chunk of .* bytes at byte 33 runs past the end",
+            lambda fx: _encode(".png", _Z)[:40] + b"\x00" * 60, "cut.png")
 _photo_case("GIF 20000x20000 (bomb)", "20000x20000 pixels is over the cap", lambda fx: _gif(20000, 20000), "g.gif")
 _photo_case("GIF 30000x30000 named holiday.jpg", "30000x30000 pixels is over the cap", lambda fx: _gif(30000, 30000),
             "holiday.jpg")

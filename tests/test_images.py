@@ -159,6 +159,27 @@ def test_bombs_in_every_format_are_refused_before_decoding(monkeypatch):
             decode_image(data)
 
 
+def test_png_chunks_running_past_the_end_are_refused_before_decoding(monkeypatch):
+    """OpenCV's PNG reader allocates what a chunk declares: this 200-byte file once took 2-4 GB (found by the fuzzer)."""
+    png = _encode(".png", np.full((48, 80, 3), 7, np.uint8))
+    idat = png.index(b"IDAT") - 4
+    lying = png[:idat] + struct.pack(">I", 0x7FFFFFF0) + png[idat + 4:]
+    _never_decode(monkeypatch)
+    assert header_size(lying) == (80, 48)  # the header itself is sound
+    with pytest.raises(ImageError, match=f"PNG chunk of 2147483632 bytes at byte {idat} runs past the end of the data"):
+        decode_image(lying)
+    with pytest.raises(ImageError, match="runs past the end of the data"):
+        decode_image(png[:idat + 20])  # a file cut inside its image data
+    monkeypatch.undo()
+    assert decode_image(png + b"trailing bytes after IEND").shape == (48, 80, 3)
+
+
+def test_opencv_assertions_on_damaged_headers_are_one_line():
+    pfm = b"PF\n8\r 48\n-1\n" + np.ones(8 * 48 * 3, "<f4").tobytes()  # OpenCV asserts 'size.height > 0' on it
+    with pytest.raises(ImageError, match="not a readable image"):
+        decode_image(pfm)
+
+
 def test_big_files_are_refused_before_they_are_read(tmp_path):
     big = tmp_path / "huge.jpg"
     with open(big, "wb") as f:

@@ -469,6 +469,22 @@ cv::Mat to_rgb8(const cv::Mat& in) {
     return out;
 }
 
+namespace {
+// A PNG chunk whose declared length runs past the end of the data is refused: OpenCV's PNG reader
+// allocates what a chunk declares before reading it (runtime/images.py check_png_chunks).
+void check_png_chunks(const uint8_t* data, size_t size) {
+    size_t i = 8;
+    while (i + 8 <= size) {
+        const uint64_t length = Bytes(data, size).uint(i, 4, true);
+        if (length + 12 > size - i)
+            throw ImageError("PNG chunk of " + std::to_string(length) + " bytes at byte " + std::to_string(i) +
+                             " runs past the end of the data (truncated or corrupt file)");
+        if (std::memcmp(data + i + 4, "IEND", 4) == 0) return;
+        i += 12 + length;
+    }
+}
+}  // namespace
+
 cv::Mat decode_image(const uint8_t* data, size_t size, int64_t max_pixels) {
     if (size == 0) throw ImageError("empty file");
     const auto hs = header_size(data, size);
@@ -478,6 +494,7 @@ cv::Mat decode_image(const uint8_t* data, size_t size, int64_t max_pixels) {
         throw ImageError(size_text(*hs) + " pixels is over the cap of " + std::to_string(max_pixels) +
                          " (decompression bomb?)");
     if (size > size_t(INT32_MAX)) throw ImageError("the file is over 2 GB");
+    if (sniff_format(data, size) == "png") check_png_chunks(data, size);
     // a decoding failure is one ImageError line; OpenCV's own log would add more (as runtime/images.py)
     static const bool silenced = (cv::utils::logging::setLogLevel(cv::utils::logging::LOG_LEVEL_SILENT), true);
     (void)silenced;
