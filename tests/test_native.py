@@ -379,7 +379,7 @@ def _header_corpus() -> dict[str, bytes]:
     PAM fields, Radiance resolution lines, AVIF boxes nested too deep."""
     from test_images import nested_avif_boxes
 
-    bgr = np.random.default_rng(1).integers(0, 255, (30, 50, 3), np.uint8)
+    bgr = np.random.default_rng(1).integers(0, 255, (48, 80, 3), np.uint8)  # OpenJPEG refuses smaller (and OpenCV leaves its temp file)
     out = {}
     for ext in (".jpg", ".png", ".webp", ".tiff", ".bmp", ".gif", ".jp2", ".avif", ".ppm", ".pgm", ".pam", ".pfm", ".ras", ".hdr"):
         img = bgr.astype(np.float32) / 255 if ext in (".pfm", ".hdr") else bgr[..., 0] if ext == ".pgm" else bgr
