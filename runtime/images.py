@@ -276,7 +276,12 @@ def _pnm_size(data: bytes) -> tuple[int, int]:
 
 
 def _pfm_size(data: bytes) -> tuple[int, int]:
-    w, h = data[3:128].split(None, 2)[:2]
+    head = data[3:128]
+    w, h = head.split(None, 2)[:2]
+    # OpenCV reads one whitespace byte before each field: with more it reads a height of 0, fails an assertion,
+    # and OpenCV 4.6 (the C++ runtime's) leaves the file's bytes behind in its temp folder
+    if head[:len(w)] != w or head[len(w) + 1:len(w) + 1 + len(h)] != h:
+        raise ImageError("PFM header with more than one whitespace byte before a size field")
     return int(w), int(h)
 
 

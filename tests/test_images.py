@@ -174,10 +174,24 @@ def test_png_chunks_running_past_the_end_are_refused_before_decoding(monkeypatch
     assert decode_image(png + b"trailing bytes after IEND").shape == (48, 80, 3)
 
 
-def test_opencv_assertions_on_damaged_headers_are_one_line():
-    pfm = b"PF\n8\r 48\n-1\n" + np.ones(8 * 48 * 3, "<f4").tobytes()  # OpenCV asserts 'size.height > 0' on it
-    with pytest.raises(ImageError, match="not a readable image"):
-        decode_image(pfm)
+def test_pfm_headers_opencv_would_misread_are_refused_before_decoding(monkeypatch):
+    body = np.ones(8 * 48 * 3, "<f4").tobytes()
+    for head in (b"PF\n8\n48\n-1\n", b"PF\n8\t48\n-1\n"):  # one whitespace byte before each field: read as OpenCV does
+        assert decode_image(head + body).shape == (48, 8, 3)
+    _never_decode(monkeypatch)
+    for head in (b"PF\n8\r 48\n-1\n", b"PF\n8  48\n-1\n", b"PF\n 8 48\n-1\n"):  # OpenCV read a height of 0 and asserted
+        with pytest.raises(ImageError, match="PFM header with more than one whitespace byte before a size field"):
+            decode_image(head + body)
+
+
+def test_an_opencv_assertion_while_decoding_is_one_line(monkeypatch):
+    import jzi.runtime.images as images
+
+    def asserts(*a, **k):  # as OpenCV 5.0 did on the PFM headers above: "(-215:Assertion failed) size.height > 0"
+        raise cv2.error("OpenCV(5.0.0) loadsave.cpp:76: error: (-215:Assertion failed) size.height > 0")
+    monkeypatch.setattr(images.cv2, "imdecode", asserts)
+    with pytest.raises(ImageError, match="^not a readable image"):
+        decode_image(_encode(".png", np.zeros((8, 8, 3), np.uint8)))
 
 
 def test_big_files_are_refused_before_they_are_read(tmp_path):

@@ -345,6 +345,7 @@ def test_bad_images_are_refused_alike(tmp_path, bundle, store16, photos):  # noq
     idat = png.index(b"IDAT") - 4
     cases = {"chunk-past-the-end.png": bytes(png[:idat]) + struct.pack(">I", 0x7FFFFFF0) + bytes(png[idat + 4:]),
              "cut-in-idat.png": bytes(png[:idat + 20]),
+             "two-spaces.pfm": b"PF\n8  48\n-1\n" + np.ones(8 * 48 * 3, "<f4").tobytes(),
              "garbage.jpg": b"this is not an image", "empty.png": b"", "truncated.jpg": jpeg[:10],
              "cut.jpg": jpeg[:200], "png-head.png": b"\x89PNG\r\n\x1a\n\0\0",
              "comment.ppm": b"P6\n# no line end", "zero.bmp": b"BM" + b"\0" * 30,

@@ -298,8 +298,14 @@ Size pnm_size(const Bytes& b) {
 }
 
 Size pfm_size(const Bytes& b) {
-    const auto parts = split_ws(b.slice(3, 128), 2);
+    const std::string head = b.slice(3, 128);
+    const auto parts = split_ws(head, 2);
     if (parts.size() < 2) throw Truncated{};
+    // OpenCV reads one whitespace byte before each field; with more it fails an assertion and OpenCV 4.6 leaves its
+    // temp file behind (runtime/images.py _pfm_size)
+    const size_t h_at = parts[0].size() + 1;
+    if (head.compare(0, parts[0].size(), parts[0]) != 0 || head.compare(h_at, parts[1].size(), parts[1]) != 0)
+        throw ImageError("PFM header with more than one whitespace byte before a size field");
     const HeaderInt w = py_int(parts[0]);
     return {w, py_int(parts[1])};
 }
