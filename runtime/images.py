@@ -332,7 +332,7 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
 
 def check_png_chunks(data: bytes) -> None:
     """Refuses a PNG chunk whose declared length runs past the end of the data. OpenCV's PNG reader
-    allocates what a chunk declares before reading it: a 200-byte file declaring a 2 GB chunk took
+    allocates what a chunk declares before reading it: a 186-byte file declaring a 2 GB chunk took
     2-4 GB of memory (found by tests/test_fuzz.py). A file cut short is refused here too."""
     i = 8
     while i + 8 <= len(data):
