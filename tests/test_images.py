@@ -159,11 +159,16 @@ def test_bombs_in_every_format_are_refused_before_decoding(monkeypatch):
             decode_image(data)
 
 
-def test_png_chunks_running_past_the_end_are_refused_before_decoding(monkeypatch):
-    """OpenCV's PNG reader allocates what a chunk declares: a file this small once took 2-4 GB (found by the fuzzer)."""
+def png_with_a_lying_chunk() -> tuple[bytes, bytes, int]:
+    """(a small PNG, the same with its IDAT chunk declaring 0x7FFFFFF0 bytes, where that length field lies)."""
     png = _encode(".png", np.full((48, 80, 3), 7, np.uint8))
     idat = png.index(b"IDAT") - 4
-    lying = png[:idat] + struct.pack(">I", 0x7FFFFFF0) + png[idat + 4:]
+    return png, png[:idat] + struct.pack(">I", 0x7FFFFFF0) + png[idat + 4:], idat
+
+
+def test_png_chunks_running_past_the_end_are_refused_before_decoding(monkeypatch):
+    """OpenCV's PNG reader allocates what a chunk declares: a file this small once took 2-4 GB (found by the fuzzer)."""
+    png, lying, idat = png_with_a_lying_chunk()
     _never_decode(monkeypatch)
     assert header_size(lying) == (80, 48)  # the header itself is sound
     with pytest.raises(ImageError, match=f"PNG chunk of 2147483632 bytes at byte {idat} runs past the end of the data"):

@@ -341,10 +341,10 @@ def test_bad_images_are_refused_alike(tmp_path, bundle, store16, photos):  # noq
     py_loc = Localizer(bundle, store16, backend="ort-cpu", threads=1)
     nat_loc = native.Localizer(bundle, store16, backend="ort-cpu", threads=1)
     jpeg = photos[0].read_bytes()
-    png = bytearray(cv2.imencode(".png", np.full((48, 80, 3), 7, np.uint8))[1].tobytes())
-    idat = png.index(b"IDAT") - 4
-    cases = {"chunk-past-the-end.png": bytes(png[:idat]) + struct.pack(">I", 0x7FFFFFF0) + bytes(png[idat + 4:]),
-             "cut-in-idat.png": bytes(png[:idat + 20]),
+    from test_images import png_with_a_lying_chunk
+
+    png, lying_png, idat = png_with_a_lying_chunk()
+    cases = {"chunk-past-the-end.png": lying_png, "cut-in-idat.png": png[:idat + 20],
              "two-spaces.pfm": b"PF\n8  48\n-1\n" + np.ones(8 * 48 * 3, "<f4").tobytes(),
              "garbage.jpg": b"this is not an image", "empty.png": b"", "truncated.jpg": jpeg[:10],
              "cut.jpg": jpeg[:200], "png-head.png": b"\x89PNG\r\n\x1a\n\0\0",

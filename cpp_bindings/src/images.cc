@@ -479,9 +479,10 @@ namespace {
 // A PNG chunk whose declared length runs past the end of the data is refused: OpenCV's PNG reader
 // allocates what a chunk declares before reading it (runtime/images.py check_png_chunks).
 void check_png_chunks(const uint8_t* data, size_t size) {
+    const Bytes b(data, size);
     size_t i = 8;
     while (i + 8 <= size) {
-        const uint64_t length = Bytes(data, size).uint(i, 4, true);
+        const uint64_t length = b.uint(i, 4, true);
         if (length + 12 > size - i)
             throw ImageError("PNG chunk of " + std::to_string(length) + " bytes at byte " + std::to_string(i) +
                              " runs past the end of the data (truncated or corrupt file)");
